@@ -205,7 +205,7 @@ def load_beir(folder: Path, qrels_split: str = "test") -> Collection:
     skipped: list[str] = []
     docs = {}
     for line, row in _read_jsonl(folder / "corpus.jsonl", ("_id", "text")):
-        docs[_new_id(docs, row["_id"], folder / "corpus.jsonl", line)] = _clean(f"{row.get('title', '')} {row['text']}")
+        docs[_new_id(docs, row["_id"], folder / "corpus.jsonl", line)] = _clean(f"{row.get('title') or ''} {row['text']}")
     queries = {}
     for line, row in _read_jsonl(folder / "queries.jsonl", ("_id", "text")):
         queries[_new_id(queries, row["_id"], folder / "queries.jsonl", line)] = _clean(row["text"])
@@ -229,7 +229,10 @@ def _read_jsonl(path: Path, required: tuple[str, ...]):
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(path, number, f"not valid JSON ({err.msg})") from None
-        missing = [key for key in required if key not in row]
+        if not isinstance(row, dict):
+            raise DataError(path, number, "not a JSON object")
+        # null counts as missing: str(None) would otherwise index the word "None"
+        missing = [key for key in required if row.get(key) is None]
         if missing:
             raise DataError(path, number, f"missing field(s) {missing}")
         if "text" in required and not str(row["text"]).strip():
@@ -287,3 +290,10 @@ LOCAL = {
     "adi": _smart_binary("adi", "ADI.ALL", "ADI.QRY", "ADI.REL"),
     "vaswani": load_vaswani,
 }
+
+
+def preset_split(collection: Collection, preset) -> Split:
+    """The preset's split; `eval_queries` keeps only the first N test queries (for fast presets)."""
+    split = split_queries(collection, preset.split_seed, preset.test_fraction, preset.dev_fraction)
+    test = split.test[:preset.eval_queries] if preset.eval_queries else split.test
+    return Split(train=split.train, dev=split.dev, test=test)

@@ -44,3 +44,18 @@ def results_table(runs: dict, collection: Collection, qids=None, measures=DEFAUL
 
     rows = {name: evaluate(run, collection, qids, measures) for name, run in runs.items()}
     return pd.DataFrame(rows).T.round(4)
+
+
+def save_results(run_dir, section: str, values: dict) -> dict:
+    """Merge `values` under `section` into run_dir/results.json (what `make demo` summarises)."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[section] = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in values.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(path)
+    return results

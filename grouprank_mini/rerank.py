@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field, replace
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import groups, prompts
 from .parsing import ParsedGroup, parse_group_scores, parse_permutation
-from .retrieval import Run, ranked_ids
+from .retrieval import Run, ranked_ids, top_k
 
 DIGITS = [str(d) for d in range(10)]
 SLOT_PLACEHOLDER = "5"  # the digit teacher-forced into each slot of the skeleton (logprob scoring)
@@ -291,3 +291,46 @@ class ListwiseReranker(Reranker):
             permutation = parse_permutation(text, len(window))
             orders[i][start:start + self.window] = [window[k] for k in permutation]
             self.last_outputs.append((text, permutation))
+
+
+def paradigm_rerankers(model, tokenizer, preset, progress: bool = False) -> dict[str, Reranker]:
+    """The paradigms compared in the paper, on one model and one preset."""
+    return {
+        "pointwise": PointwiseReranker(model, tokenizer, preset, progress=progress),
+        "listwise": ListwiseReranker(model, tokenizer, preset, progress=progress),
+        "groupwise": GroupwiseReranker(model, tokenizer, preset, progress=progress),
+        "groupwise-logprob": GroupwiseReranker(model, tokenizer, preset, scoring="logprob", progress=progress),
+    }
+
+
+def measure(reranker: Reranker, collection, run: Run, qids: list[str], depth: int) -> dict[str, float]:
+    """Rerank the top `depth` of `run` for `qids` and report quality, time and tokens per query."""
+    from .evaluate import evaluate
+
+    reranker.stats.reset()
+    start = time.perf_counter()
+    reranked = reranker.rerank_run(collection, run, depth, qids)
+    seconds, s, n = time.perf_counter() - start, reranker.stats, max(len(qids), 1)
+    parsed = [p for _, p in reranker.last_outputs if isinstance(p, ParsedGroup)]
+    return {
+        "nDCG@10": evaluate(reranked, collection, qids)["nDCG@10"],
+        "seconds/query": seconds / n,
+        "calls/query": s.calls / n,
+        "prompt tokens/query": s.prompt_tokens / n,
+        "generated tokens/query": s.generated_tokens / n,
+        "prefill tokens/s": s.prompt_tokens / s.prefill_seconds if s.prefill_seconds else float("nan"),
+        "answers ok": sum(p.ok for p in parsed) / len(parsed) if parsed else float("nan"),
+    }
+
+
+def compare_paradigms(model, tokenizer, preset, collection, run: Run, qids: list[str], depth: int | None = None):
+    """One table: BM25 and each paradigm on the same queries and the same top-`depth` candidates."""
+    import pandas as pd
+
+    from .evaluate import evaluate
+
+    depth = depth or preset.rerank_depth
+    rows = {"BM25": {"nDCG@10": evaluate(top_k(run, depth), collection, qids)["nDCG@10"]}}
+    for name, reranker in paradigm_rerankers(model, tokenizer, preset).items():
+        rows[name] = measure(reranker, collection, run, qids, depth)
+    return pd.DataFrame(rows).T

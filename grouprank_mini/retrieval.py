@@ -4,12 +4,18 @@ A *run* is ``{query id: {doc id: score}}``, the dict-of-dicts ir-measures reads 
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .data import Collection
+from .runtime import cache_dir
 
 Run = dict[str, dict[str, float]]
 
@@ -64,14 +70,21 @@ def minilm_path() -> Path:
 
 
 class Dense:
-    """Cosine similarity of sentence embeddings; the document matrix is computed once."""
+    """Cosine similarity of sentence embeddings; the document matrix is computed once and
+    cached on disk (``cache_dir()/embeddings``), keyed by the model and every doc id and text."""
 
     def __init__(self, collection: Collection, model_path: str | Path | None = None, batch_size: int = 64):
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(model_path or minilm_path()), device="cpu")
+        model_name = str(model_path or minilm_path())
+        self.model = SentenceTransformer(model_name, device="cpu")
         self.doc_ids = list(collection.docs)
-        self.matrix = self.encode(list(collection.docs.values()), batch_size)
+        self.cache_path = embeddings_cache_path(model_name, collection.docs)
+        self.matrix = _load_matrix(self.cache_path, rows=len(self.doc_ids))
+        self.from_cache = self.matrix is not None
+        if self.matrix is None:
+            self.matrix = self.encode(list(collection.docs.values()), batch_size)
+            _save_atomically(self.cache_path, self.matrix)
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
@@ -84,6 +97,39 @@ class Dense:
             best = np.argsort(-row, kind="stable")[:k]
             run[qid] = {self.doc_ids[i]: float(row[i]) for i in best}
         return run
+
+
+def embeddings_cache_path(model_name: str, docs: dict[str, str]) -> Path:
+    # Any change to the model, a doc id, a text or the order gives a new file, never a stale one.
+    key = hashlib.sha256(json.dumps([model_name, list(docs.items())]).encode()).hexdigest()[:32]
+    return cache_dir() / "embeddings" / f"{key}.npy"
+
+
+def _load_matrix(path: Path, rows: int) -> np.ndarray | None:
+    """The cached matrix, or None when it is missing, unreadable, short or not finite."""
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if matrix.ndim != 2 or matrix.shape[0] != rows or not np.isfinite(matrix).all():
+        return None
+    return matrix
+
+
+def _save_atomically(path: Path, matrix: np.ndarray) -> None:
+    """Write to a temporary file and rename it: an interrupted write never leaves a file under
+    the final name (and a damaged one is caught by `_load_matrix` and recomputed)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                np.save(out, matrix)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as err:  # the cache only saves time: a read-only disk must not stop retrieval
+        warnings.warn(f"could not cache embeddings at {path}: {err}", stacklevel=3)
 
 
 def minmax(scores: dict[str, float]) -> dict[str, float]:
@@ -103,3 +149,9 @@ def hybrid(bm25_run: Run, dense_run: Run, alpha: float = 0.5, k: int = 100) -> R
         scores = {d: alpha * sparse.get(d, 0.0) + (1 - alpha) * dense.get(d, 0.0) for d in sparse.keys() | dense.keys()}
         fused[qid] = {d: scores[d] for d in ranked_ids(scores)[:k]}
     return fused
+
+
+def bm25_run(collection: Collection, preset, qids: list[str], k: int = 100) -> Run:
+    """BM25 top-k for the given queries with the preset's stop words and stemmer."""
+    index = BM25(collection, preset.bm25_stopwords, preset.bm25_stemmer)
+    return index.search({q: collection.queries[q] for q in qids}, k)
