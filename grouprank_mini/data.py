@@ -109,12 +109,18 @@ def _smart_docs(path: Path, skipped: list[str]) -> dict[str, str]:
     for doc_id, fields, line in read_smart(path):
         if doc_id in docs:
             raise DataError(path, line, f"duplicate document id {doc_id}")
-        text = _clean(fields.get("T", "") + " " + fields.get("W", ""))
+        text = _title_and_text(fields.get("T", ""), fields.get("W", ""))
         if not text:
             skipped.append(f"{path}:{line}: document {doc_id} has no title or text")
             continue
         docs[doc_id] = text
     return docs
+
+
+def _title_and_text(title: str, text: str) -> str:
+    """Title + text, but the title only once: Cranfield's text repeats it as its first line."""
+    title, text = _clean(title), _clean(text)
+    return text if title and text.startswith(title) else _clean(f"{title} {text}")
 
 
 def _smart_queries(path: Path) -> tuple[dict[str, str], list[str]]:
