@@ -22,7 +22,10 @@ FALLBACK_SCORE = 0.0  # a document the model forgot ranks with the ones it judge
 STATUSES = ("ok", "ids_extra", "ids_missing", "json_invalid", "tags_missing")
 
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S | re.I)
-_PAIR = re.compile(r"\[*\s*\"?\s*\[*\s*(\d+)\s*\]*\s*\"?\s*:\s*\"?\s*(-?\d+(?:\.\d+)?)")
+# Patterns read model text, so none may backtrack badly: no two adjacent quantifiers that can
+# match the same characters, and a digit run is only tried from its first digit. (The earlier
+# `\[*\s*"?\s*\[*...` form took minutes on a few thousand "[" - a degenerate model's output.)
+_PAIR = re.compile(r'(?<!\d)(\d+)[\s\]"]*:[\s"]*(-?\d+(?:\.\d+)?)')
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,11 @@ def _read_json_scores(region: str) -> dict[int, float] | None:
         return None
     end = region.find("}", start)
     body = region[start:end + 1] if end >= 0 else region[start:] + "}"  # a missing closing brace
-    body = re.sub(r"\[+(\d+)\]+", r"[\1]", body)  # doubled brackets: [[7]] or [7]]
+    body = re.sub(r"(?<!\[)\[+(\d+)\]+", r"[\1]", body)  # doubled brackets: [[7]] or [7]]
     body = re.sub(r",\s*}", "}", body)  # trailing comma
     try:
         obj = json.loads(body)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError also covers ints longer than Python converts
         return None
     if not isinstance(obj, dict):
         return None
@@ -88,12 +91,18 @@ def _read_json_scores(region: str) -> dict[int, float] | None:
 
 def _salvage_pairs(region: str) -> dict[int, float]:
     """`[k]: score` pairs found anywhere in broken text (the last one wins)."""
-    return {int(k): float(v) for k, v in _PAIR.findall(region)}
+    return {_id(k): float(v) for k, v in _PAIR.findall(region)}
 
 
 def _doc_number(key) -> int | None:
-    match = re.fullmatch(r"\s*\[*\s*(\d+)\s*\]*\s*", str(key))
-    return int(match.group(1)) if match else None
+    match = re.fullmatch(r"[\s\[]*(\d+)[\s\]]*", str(key))
+    return _id(match.group(1)) if match else None
+
+
+def _id(digits: str) -> int:
+    """A document number; absurdly long ones become an out-of-range id, because int()
+    refuses strings over 4300 digits and no group is that large anyway."""
+    return int(digits) if len(digits.lstrip("0")) <= 9 else 10**9
 
 
 def _number(value) -> float | None:
@@ -102,7 +111,7 @@ def _number(value) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         return None
     return number if math.isfinite(number) else None
 
@@ -124,7 +133,7 @@ def parse_permutation(text: str, n_docs: int) -> list[int]:
     region, _ = answer_region(text or "")
     order: list[int] = []
     for number in re.findall(r"\[\s*(\d+)\s*\]", region):
-        index = int(number) - 1
+        index = _id(number) - 1
         if 0 <= index < n_docs and index not in order:
             order.append(index)
     return order + [i for i in range(n_docs) if i not in order]

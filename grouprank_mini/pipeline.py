@@ -59,6 +59,7 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 00 01")
     args = parser.parse_args(argv)
     run_dir = args.run_dir or PROJECT_ROOT / "runs" / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = run_dir.resolve()  # notebooks run inside notebooks/, so a relative path would move
     started = time.perf_counter()
     run_notebooks(args.preset, run_dir, args.only)
     print(f"\nAll notebooks ran in {(time.perf_counter() - started) / 60:.1f} min. Results ({run_dir}):")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
+from .rewards import FORMAT_FAILURE
+
+
 # --- training curves (input: train.history(output_dir), a DataFrame indexed by step) ---------------
-
-FORMAT_FAILURE = "format_failure"  # the reward's log_metric name for the share of unreadable answers
-
 
 def _curves(history, columns: dict[str, str], title: str, ylabel: str) -> Figure:
     """One line per present column ({column: label}), against the training step."""
@@ -32,13 +32,13 @@ def plot_loss(history) -> Figure:
 
 
 def reward_columns(history) -> dict[str, str]:
-    """The total reward, each reward function's mean and the reward terms they logged."""
-    columns = {"reward": "reward"}
-    for column in history.columns:
-        if column.startswith("rewards/") and column.endswith("/mean"):
-            columns[column] = column.split("/")[1]
-        elif column.startswith("reward/"):  # terms logged through TRL's log_metric
-            columns[column] = column.split("/", 1)[1]
+    """{column: label} for the total reward and its terms (logged as "reward/<term>" through
+    TRL's log_metric); each reward function's own mean too, when there are several."""
+    per_function = [c for c in history.columns if c.startswith("rewards/") and c.endswith("/mean")]
+    columns = {"reward": "total"}
+    if len(per_function) > 1:  # with one function its mean is the total again
+        columns.update({c: c.split("/")[1] for c in per_function})
+    columns.update({c: c.split("/", 1)[1] for c in history.columns if c.startswith("reward/")})
     return columns
 
 
@@ -103,4 +103,64 @@ def teacher_validation_bars(table, column: str = "nDCG@10") -> Figure:
     bars = ax.barh(list(table.index)[::-1], list(table[column])[::-1], color="tab:blue")
     ax.bar_label(bars, fmt="%.3f", padding=3)
     ax.set(title="Teachers as rerankers of the pools", xlabel=column, xlim=(0, 1.05))
+    return fig
+
+
+def sweep_plot(table, field: str, title: str) -> Figure:
+    """nDCG@10 (left axis) and seconds per query (right axis) against a swept preset field."""
+    fig = Figure(figsize=(5.5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(table.index, table["nDCG@10"], marker="o", color="tab:blue")
+    ax.set(title=title, xlabel=field, ylabel="nDCG@10")
+    twin = ax.twinx()
+    twin.plot(table.index, table["seconds/query"], marker="s", linestyle="--", color="tab:gray")
+    twin.set_ylabel("seconds / query", color="tab:gray")
+    return fig
+
+
+def calibration_plot(table) -> Figure:
+    """Model score per human gain level (rerank.score_calibration): rising boxes = comparable scores."""
+    fig = Figure(figsize=(5.5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    gains = sorted(table["gain"].unique())
+    ax.boxplot([table.loc[table["gain"] == g, "score"] for g in gains], tick_labels=[str(g) for g in gains])
+    ax.set(title="Are scores from different groups comparable?", xlabel="human gain (0 = not relevant)",
+           ylabel="model score (0-10)")
+    return fig
+
+
+def win_loss(system: dict[str, float], baseline: dict[str, float], title: str) -> Figure:
+    """Per-query difference system − baseline, sorted: green bars are wins, red bars losses."""
+    deltas = sorted((system.get(q, 0.0) - baseline.get(q, 0.0) for q in baseline), reverse=True)
+    fig = Figure(figsize=(7, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(range(len(deltas)), deltas, color=["tab:green" if d > 0 else "tab:red" for d in deltas])
+    ax.axhline(0, color="black", linewidth=0.8)
+    wins, losses = sum(d > 0 for d in deltas), sum(d < 0 for d in deltas)
+    ax.set(title=f"{title}: {wins} wins, {losses} losses", xlabel="queries", ylabel="Δ nDCG@10")
+    return fig
+
+
+# --- benchmarks (input: the rows of benchmarks/rerank_paradigms.py) -------------------------------
+
+BENCHMARK_MARKERS = "osD^vP<>Xh*p"
+
+
+def paradigm_benchmark(table, subtitle: str) -> Figure:
+    """nDCG@10 against seconds per query, one hollow marker per row of `table`, named in a legend.
+
+    The time axis is logarithmic so BM25's milliseconds and pointwise's minutes both stay
+    readable. A legend rather than labels beside the points: rows that share a model run (with
+    and without interpolation) sit on one vertical line and may coincide, and hollow markers of
+    different shapes stay visible on top of each other. `subtitle` names model, data and machine.
+    """
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (name, row) in enumerate(table.iterrows()):
+        ax.scatter(row["seconds/query"], row["nDCG@10"], s=80, marker=BENCHMARK_MARKERS[i % len(BENCHMARK_MARKERS)],
+                   facecolors="none", edgecolors=f"C{i % 10}", linewidths=1.8, label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="seconds per query (log scale)", ylabel="nDCG@10")
+    ax.set_title(f"Quality vs speed\n{subtitle}", fontsize=9)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     return fig

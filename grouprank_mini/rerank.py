@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 from tqdm import tqdm
@@ -69,6 +70,14 @@ class LLM:
     def chat_text(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    @cached_property
+    def _stop_after_answer(self):
+        """Ends a sequence at </answer>. Built once per LLM: its vocabulary table takes ~0.3 s,
+        which `generate(stop_strings=...)` would spend again on every batch (and count as prefill)."""
+        from transformers import StopStringCriteria, StoppingCriteriaList
+
+        return StoppingCriteriaList([StopStringCriteria(self.tokenizer, ["</answer>"])])
+
     def _batches(self, texts: list[str], desc: str):
         """Index batches, longest prompts first: similar lengths waste less padding."""
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
@@ -96,7 +105,7 @@ class LLM:
         clock, start = _FirstStepClock(), time.perf_counter()
         out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.pad_token_id, logits_processor=[clock],
-                                  stop_strings=["</answer>"], tokenizer=self.tokenizer)
+                                  stopping_criteria=self._stop_after_answer)
         new = out[:, batch["input_ids"].shape[1]:]
         self._count(batch, start, clock.first, generated=int((new != self.tokenizer.pad_token_id).sum()))
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -206,6 +215,7 @@ class GroupwiseReranker(Reranker):
 
     def rerank_many(self, requests: list[Request]) -> list[dict[str, float]]:
         p = self.preset
+        self.pass_scores: list[dict[str, list[float]]] = []  # per request: doc id -> its score in each pass
         plans = [groups.multi_pass_groups(len(docs), p.group_size, p.passes, p.seed) for _, docs, _ in requests]
         messages, sizes = [], []
         for (query, docs, _), plan in zip(requests, plans):
@@ -233,18 +243,25 @@ class GroupwiseReranker(Reranker):
 
     def _merge(self, docs: Candidates, first_stage: dict[str, float], plan, group_scores) -> dict[str, float]:
         ids = list(docs)
+        self.pass_scores.append({ids[i]: [] for i in range(len(ids))})
+        for group, scores in zip(plan, group_scores):
+            for i, score in zip(group, scores):
+                self.pass_scores[-1][ids[i]].append(score)
         mean = groups.mean_over_passes(plan, group_scores, len(ids))
         final = groups.interpolate(dict(zip(ids, mean)), first_stage, self.preset.retriever_weight)
         return groups.tie_break(final, first_stage)
 
 
 class PointwiseReranker(GroupwiseReranker):
-    """One document per call: the groupwise prompt with c = 1, so both share every line of code."""
+    """One document per call: the groupwise prompt with c = 1, so both share every line of code.
+
+    One pass only: with c = 1 every shuffle gives the same prompts, so more passes would
+    repeat identical calls."""
 
     name = "pointwise"
 
     def __init__(self, model, tokenizer, preset, scoring: str = "generate", progress: bool = True):
-        super().__init__(model, tokenizer, replace(preset, group_size=1), scoring, progress)
+        super().__init__(model, tokenizer, replace(preset, group_size=1, passes=1), scoring, progress)
 
 
 class ListwiseReranker(Reranker):
@@ -334,3 +351,35 @@ def compare_paradigms(model, tokenizer, preset, collection, run: Run, qids: list
     for name, reranker in paradigm_rerankers(model, tokenizer, preset).items():
         rows[name] = measure(reranker, collection, run, qids, depth)
     return pd.DataFrame(rows).T
+
+
+def sweep(model, tokenizer, preset, collection, run: Run, qids: list[str], field: str, values, scoring: str = "logprob"):
+    """Groupwise nDCG@10 and cost as one preset field varies (the paper's Fig. 3 and Fig. 5)."""
+    import pandas as pd
+
+    rows = {}
+    for value in values:
+        reranker = GroupwiseReranker(model, tokenizer, replace(preset, **{field: value}), scoring=scoring, progress=False)
+        rows[value] = measure(reranker, collection, run, qids, preset.rerank_depth)
+    return pd.DataFrame(rows).T.rename_axis(field)
+
+
+def score_calibration(reranker: GroupwiseReranker, collection, qids: list[str]):
+    """Each (query, document) the reranker last scored: its mean 0-10 score, the spread of that
+    score across passes, and the human gain. Comparable groups give one score scale per gain."""
+    import pandas as pd
+
+    rows = []
+    for qid, per_doc in zip(qids, reranker.pass_scores):
+        for doc_id, scores in per_doc.items():
+            rows.append({"qid": qid, "doc": doc_id, "gain": collection.qrels.get(qid, {}).get(doc_id, 0),
+                         "score": sum(scores) / len(scores), "spread": max(scores) - min(scores)})
+    return pd.DataFrame(rows)
+
+
+def predicted_scores(model, tokenizer, preset, records) -> list[float]:
+    """Every score the model gives the groups of dataset `records` (rows with prompt and doc_ids)."""
+    llm = LLM(model, tokenizer, preset, progress=False)
+    texts = llm.generate(list(records["prompt"]), max_new_tokens=preset.max_new_tokens)
+    return [s for text, ids in zip(texts, records["doc_ids"])
+            for s in parse_group_scores(text, len(ids), require_reason=preset.reasoning).scores]

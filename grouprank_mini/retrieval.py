@@ -155,3 +155,11 @@ def bm25_run(collection: Collection, preset, qids: list[str], k: int = 100) -> R
     """BM25 top-k for the given queries with the preset's stop words and stemmer."""
     index = BM25(collection, preset.bm25_stopwords, preset.bm25_stemmer)
     return index.search({q: collection.queries[q] for q in qids}, k)
+
+
+def first_stage_runs(collection: Collection, preset, qids: list[str], k: int = 100) -> dict[str, Run]:
+    """BM25, dense and their hybrid (the preset's alpha) for the given queries."""
+    queries = {q: collection.queries[q] for q in qids}
+    sparse = bm25_run(collection, preset, qids, k)
+    dense = Dense(collection).search(queries, k)
+    return {"BM25": sparse, "dense": dense, "hybrid": hybrid(sparse, dense, preset.hybrid_alpha, k)}

@@ -55,6 +55,9 @@ def setup(preset) -> None:
     import numpy as np
     import torch
 
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # per-tensor loading bars say nothing in a notebook
     torch.set_num_threads(preset.threads)
     random.seed(preset.seed)
     np.random.seed(preset.seed)

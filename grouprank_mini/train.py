@@ -1,0 +1,346 @@
+"""Training the groupwise reranker: LoRA SFT, then GRPO, with TRL (GROUPRANK.md §4).
+
+Notebooks 02/03 and the command line run the same two functions:
+
+    python -m grouprank_mini.train sft  --preset cpu
+    python -m grouprank_mini.train grpo --preset cpu
+    accelerate launch -m grouprank_mini.train grpo --preset gpu   # several GPUs, unchanged
+
+Choices made here, and why:
+
+- **SFT loss on the answer only.** Synthesis writes prompt/completion records; for those TRL's
+  `SFTTrainer` masks the prompt (labels -100) by itself (`completion_only_loss=None` means
+  "on when the dataset has prompt and completion columns", trl/trainer/sft_trainer.py).
+- **GRPO keeps training the SFT adapter** (what TRL does when it is handed a `PeftModel`):
+  with beta > 0 TRL copies that adapter into a frozen "ref" adapter and computes the KL
+  against it, so policy and reference both start from the SFT model, as in the paper. The
+  GRPO adapter is therefore a complete adapter on the *base* model: it loads with plain
+  `PeftModel.from_pretrained(base, path)` (the copy TRL keeps is saved in `path/ref/`).
+  Its rank and targets are the SFT run's; the preset's LoRA fields shape a fresh adapter,
+  trained when there is no SFT adapter (the paper's "RL only" ablation).
+- **CPU settings come from the device**, never from notebook edits: no bf16, `use_cpu`,
+  no activation (gradient) checkpointing (it only saves GPU memory and costs ~20% time),
+  data loading in the main process, the preset's threads and seed.
+- **4-bit (QLoRA)** when `preset.quantize_4bit`: nf4 through `models.load_model`, the CPU
+  gradient workaround (`models.keep_4bit_gradients`), then PEFT's
+  `prepare_model_for_kbit_training` before the adapter is attached.
+- **Checkpoints every `preset.save_steps`** (the last two are kept); `resume=True` continues
+  from the newest one, `resume=False` deletes this run's old checkpoints and starts over.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from peft import PeftModel, prepare_model_for_kbit_training
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+from . import models, runtime
+from .config import get_preset
+from .synthesis import dataset_root
+
+STATE_FILE = "trainer_state.json"
+SFT_EVALS = 5  # eval-loss points per SFT run: a curve, at a cost that does not grow with the run
+EVAL_SPLITS = ("dev", "validation", "eval")  # the first one present is the SFT eval set
+
+
+# --- where things go ------------------------------------------------------------------------
+
+def adapter_dir(preset, stage: str) -> Path:
+    """Default output folder of a stage ("sft" or "grpo"): <cache>/adapters/<preset>/<stage>."""
+    return runtime.cache_dir() / "adapters" / preset.name / stage
+
+
+def dataset_dir(preset, kind: str) -> Path:
+    """Where synthesis saves the "sft" and "rl" datasets of a preset."""
+    return dataset_root(preset) / kind
+
+
+# --- settings shared by both trainers ----------------------------------------------------------
+
+def _device_args(preset, output_dir: Path) -> dict:
+    """TrainingArguments that depend on the device, the preset's bookkeeping and reproducibility."""
+    gpu = torch.cuda.is_available()
+    return dict(
+        output_dir=str(output_dir),
+        use_cpu=not gpu,
+        bf16=gpu and torch.cuda.is_bf16_supported(),  # TRL defaults to True, which fails on a CPU
+        activation_checkpointing=gpu,  # TRL defaults to on; it saves GPU memory and only costs time on a CPU
+        dataloader_num_workers=0,  # worker processes cost more than they save on 1-2 cores
+        report_to="none",
+        seed=preset.seed,
+        logging_steps=1,  # every step lands in trainer_state.json for the plots
+        save_strategy="steps",
+        save_steps=preset.save_steps,
+        save_total_limit=2,  # resuming needs only the newest; optimizer states add up on disk
+    )
+
+
+def _base_model(preset, model=None):
+    """The model LoRA goes on: the preset's (4-bit if asked) unless one is passed in."""
+    if model is None:
+        model = models.load_model(preset.model, quantize_4bit=preset.quantize_4bit,
+                                  trust_remote_code=preset.trust_remote_code)
+    if getattr(model, "is_loaded_in_4bit", False):
+        models.keep_4bit_gradients(model)  # idempotent; also covers a 4-bit model passed in by the caller
+        # Freezes the base and upcasts its non-quantized weights; checkpointing only where it helps (GPU).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=torch.cuda.is_available())
+    return model
+
+
+def _tokenizer(preset, tokenizer=None):
+    return tokenizer if tokenizer is not None else models.load_tokenizer(preset.model, preset.trust_remote_code)
+
+
+def _resume_point(output_dir: Path, resume: bool) -> str | None:
+    """The newest checkpoint to continue from; with resume=False, old checkpoints are removed."""
+    if not output_dir.is_dir():
+        return None
+    if resume:
+        return get_last_checkpoint(str(output_dir))
+    for old in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(old, ignore_errors=True)  # every process of a multi-GPU run gets here
+    (output_dir / STATE_FILE).unlink(missing_ok=True)
+    return None
+
+
+def _train_and_save(trainer, output_dir: Path, resume: bool) -> Path:
+    trainer.train(resume_from_checkpoint=_resume_point(output_dir, resume))
+    trainer.save_model(str(output_dir))  # adapter + tokenizer, on the main process only
+    trainer.save_state()  # trainer_state.json next to the adapter, read by history()
+    return output_dir
+
+
+# --- SFT ----------------------------------------------------------------------------------------
+
+def sft_config(preset, output_dir: Path, with_eval: bool = False) -> SFTConfig:
+    return SFTConfig(
+        **_device_args(preset, output_dir),
+        num_train_epochs=preset.sft_epochs,
+        max_steps=preset.sft_max_steps,  # -1: run the epochs
+        learning_rate=preset.sft_lr,
+        per_device_train_batch_size=preset.sft_batch_size,
+        per_device_eval_batch_size=preset.sft_batch_size,
+        gradient_accumulation_steps=preset.sft_grad_accum,
+        max_length=preset.sft_max_length,
+        eval_strategy="steps" if with_eval else "no",
+        eval_steps=1 / SFT_EVALS,  # a float below 1 is a fraction of the run's steps
+    )
+
+
+def sft_trainer(preset, train_ds, eval_ds=None, output_dir=None, model=None, tokenizer=None,
+                callbacks=None) -> SFTTrainer:
+    """A ready SFTTrainer (LoRA from the preset); `train_sft` runs it. Handy to inspect batches."""
+    output_dir = Path(output_dir or adapter_dir(preset, "sft"))
+    return SFTTrainer(
+        model=_base_model(preset, model),
+        args=sft_config(preset, output_dir, with_eval=eval_ds is not None),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=_tokenizer(preset, tokenizer),
+        peft_config=models.lora_config(preset),
+        callbacks=callbacks,
+    )
+
+
+def train_sft(preset, train_ds, eval_ds=None, output_dir=None, resume=True, model=None, tokenizer=None,
+              callbacks=None) -> Path:
+    """LoRA SFT on prompt/completion records; returns the folder of the saved adapter."""
+    runtime.setup(preset)
+    output_dir = Path(output_dir or adapter_dir(preset, "sft"))
+    trainer = sft_trainer(preset, train_ds, eval_ds, output_dir, model, tokenizer, callbacks)
+    return _train_and_save(trainer, output_dir, resume)
+
+
+# --- GRPO ---------------------------------------------------------------------------------------
+
+def grpo_config(preset, output_dir: Path) -> GRPOConfig:
+    return GRPOConfig(
+        **_device_args(preset, output_dir),
+        max_steps=preset.grpo_max_steps,
+        learning_rate=preset.grpo_lr,
+        per_device_train_batch_size=preset.grpo_batch_size,  # counts completions
+        per_device_eval_batch_size=preset.grpo_batch_size,  # TRL checks it divides by num_generations
+        num_generations=preset.grpo_num_generations,
+        temperature=preset.grpo_temperature,
+        beta=preset.grpo_beta,  # KL to the frozen SFT adapter ("ref"); 0 skips the reference pass
+        max_completion_length=preset.grpo_max_completion_length,
+        disable_dropout=True,  # policy and reference log-probs must not differ by dropout noise
+    )
+
+
+def _grpo_model(preset, sft_adapter, model):
+    """(model, peft_config): the SFT adapter to keep training, or a fresh LoRA when there is none."""
+    base = _base_model(preset, model)
+    if sft_adapter is None:
+        return base, models.lora_config(preset)
+    return PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True), None
+
+
+def grpo_trainer(preset, rl_ds, sft_adapter=None, output_dir=None, model=None, tokenizer=None,
+                 reward_funcs=None, callbacks=None) -> GRPOTrainer:
+    """A ready GRPOTrainer; `train_grpo` runs it. `reward_funcs` defaults to the GroupRank reward."""
+    if reward_funcs is None:
+        from .rewards import make_reward_func
+        reward_funcs = [make_reward_func(preset)]
+    output_dir = Path(output_dir or adapter_dir(preset, "grpo"))
+    policy, peft_config = _grpo_model(preset, sft_adapter, model)
+    return GRPOTrainer(
+        model=policy,
+        reward_funcs=reward_funcs,
+        args=grpo_config(preset, output_dir),
+        train_dataset=rl_ds,
+        processing_class=_tokenizer(preset, tokenizer),
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+def train_grpo(preset, rl_ds, sft_adapter=None, output_dir=None, resume=True, model=None, tokenizer=None,
+               reward_funcs=None, callbacks=None) -> Path:
+    """GRPO from the SFT adapter (or a fresh LoRA if None); returns the folder of the saved adapter."""
+    runtime.setup(preset)
+    output_dir = Path(output_dir or adapter_dir(preset, "grpo"))
+    trainer = grpo_trainer(preset, rl_ds, sft_adapter, output_dir, model, tokenizer, reward_funcs, callbacks)
+    return _train_and_save(trainer, output_dir, resume)
+
+
+# --- using the results --------------------------------------------------------------------------
+
+def load_adapter(preset, path, model=None):
+    """A generation-ready model: the preset's base (or `model`) with the adapter at `path`.
+
+    Full-precision bases get the adapter merged in (plain transformers model, no LoRA overhead
+    when generating); 4-bit bases keep it as a separate `PeftModel`, because merging into nf4
+    weights would round the update away.
+    """
+    base = model if model is not None else models.load_model(
+        preset.model, quantize_4bit=preset.quantize_4bit, trust_remote_code=preset.trust_remote_code)
+    tuned = PeftModel.from_pretrained(base, str(path))
+    if not getattr(base, "is_loaded_in_4bit", False):
+        tuned = tuned.merge_and_unload()
+    return tuned.eval()
+
+
+def history(output_dir):
+    """Every logged value of a run as a DataFrame indexed by step (one column per metric).
+
+    Reads the newest trainer_state.json: the run's own when it finished, else its last
+    checkpoint's, so an interrupted run can be plotted too. GRPO columns include `loss`,
+    `reward`, `rewards/<func>/mean`, `kl` and whatever the reward logged with `log_metric`.
+    """
+    import pandas as pd
+
+    output_dir = Path(output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    candidates = [p for p in (output_dir / STATE_FILE, Path(last or output_dir) / STATE_FILE) if p.is_file()]
+    if not candidates:
+        raise FileNotFoundError(f"no {STATE_FILE} in {output_dir} or its checkpoints")
+    state = json.loads(max(candidates, key=lambda p: p.stat().st_mtime).read_text())
+    # Train and eval logs of one step are separate entries: merge them into one row per step.
+    return pd.DataFrame(state["log_history"]).groupby("step").first()
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _load_dataset(path: Path) -> tuple[Dataset, Dataset | None]:
+    """(train, eval or None) from a saved Dataset, or a DatasetDict with "train" and maybe a dev split."""
+    data = load_from_disk(str(path))
+    if not isinstance(data, DatasetDict):
+        return data, None
+    eval_split = next((name for name in EVAL_SPLITS if name in data), None)
+    return data["train"], data[eval_split] if eval_split else None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m grouprank_mini.train",
+        description="LoRA SFT or GRPO of the groupwise reranker with a preset's settings. The same functions "
+                    "the notebooks call; runs unchanged under `accelerate launch -m grouprank_mini.train ...`.")
+    parser.add_argument("stage", choices=["sft", "grpo"], help="sft: supervised LoRA on the synthesised answers; "
+                        "grpo: reinforcement learning with the GroupRank reward, starting from the SFT adapter")
+    parser.add_argument("--preset", default="smoke", help="preset name from grouprank_mini.config (default: smoke)")
+    parser.add_argument("--dataset", type=Path, help="a dataset saved by synthesis (save_to_disk); default: "
+                        "<cache>/datasets/<preset>-<collection>/sft (or /rl for grpo)")
+    parser.add_argument("--output", type=Path, help="where checkpoints and the final adapter go; default: "
+                        "<cache>/adapters/<preset>/<stage>")
+    parser.add_argument("--sft-adapter", help="grpo only: the SFT adapter to start from; default: the preset's "
+                        "SFT output; 'none' trains a fresh LoRA (RL only)")
+    parser.add_argument("--max-steps", type=int, help="override the preset's sft_max_steps / grpo_max_steps")
+    parser.add_argument("--no-resume", action="store_true", help="delete old checkpoints in the output folder "
+                        "and start over (default: continue from the newest checkpoint)")
+    return parser
+
+
+def _sft_adapter(args, preset) -> Path | None:
+    if args.sft_adapter == "none":
+        return None
+    path = Path(args.sft_adapter) if args.sft_adapter else adapter_dir(preset, "sft")
+    if not (path / "adapter_config.json").is_file():
+        raise SystemExit(f"no SFT adapter at {path}: run the sft stage first, or pass --sft-adapter none")
+    return path
+
+
+def main(argv=None) -> Path:
+    args = _parser().parse_args(argv)
+    steps_field = "sft_max_steps" if args.stage == "sft" else "grpo_max_steps"
+    overrides = {steps_field: args.max_steps} if args.max_steps is not None else {}
+    preset = get_preset(args.preset, **overrides)
+    if args.stage == "sft":
+        train_ds, eval_ds = _load_dataset(args.dataset or dataset_dir(preset, "sft"))
+        path = train_sft(preset, train_ds, eval_ds, args.output, resume=not args.no_resume)
+    else:
+        sft_adapter = _sft_adapter(args, preset)  # checked first: fail before loading anything
+        rl_ds, _ = _load_dataset(args.dataset or dataset_dir(preset, "rl"))
+        path = train_grpo(preset, rl_ds, sft_adapter, args.output, resume=not args.no_resume)
+    print(f"adapter saved to {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
+
+
+# --- notebooks' helpers ---------------------------------------------------------------------------
+
+ABLATIONS = {"no_utility": {"reward_utility": False}, "no_alignment": {"reward_alignment": False}}
+
+
+def load_records(path, preset, eval_fraction: float = 0.1):
+    """A saved synthesis dataset split into "train" and "test" (held-out rows for eval loss)."""
+    rows = load_from_disk(str(path))
+    if len(rows) < 10:  # too few rows to hold any out: evaluate on the training rows themselves
+        return DatasetDict(train=rows, test=rows)
+    return rows.train_test_split(test_size=eval_fraction, seed=preset.seed)
+
+
+def supervised_tokens(trainer, index: int = 0) -> dict:
+    """How many prompt tokens of a training row are masked, and the text of the trained tokens."""
+    row = trainer.train_dataset[index]
+    trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
+    return {"prompt_tokens": len(row["input_ids"]) - len(trained), "trained": trainer.processing_class.decode(trained)}
+
+
+def run_ablations(preset, rl_ds, sft_adapter) -> dict[str, Path]:
+    """GRPO once more per reward term switched off (the paper's ablation); adapters by name."""
+    return {name: train_grpo(replace(preset, **switch), rl_ds, sft_adapter, output_dir=adapter_dir(preset, f"grpo-{name}"))
+            for name, switch in ABLATIONS.items()}
+
+
+def trained_models(preset) -> dict:
+    """The base model and every finished adapter of this preset, in training order."""
+    stages = {"SFT": "sft", "SFT+GRPO": "grpo", **{f"GRPO {name.replace('_', ' ')}": f"grpo-{name}" for name in ABLATIONS}}
+    found = {"zero-shot": models.load_model(preset.model, preset.quantize_4bit, preset.trust_remote_code)}
+    for label, stage in stages.items():
+        path = adapter_dir(preset, stage)
+        if (path / "adapter_config.json").is_file():
+            found[label] = load_adapter(preset, path)
+        else:
+            print(f"{label}: no adapter at {path} (run notebook 02/03 first)")
+    return found

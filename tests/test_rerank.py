@@ -1,0 +1,284 @@
+"""The rerankers end to end (grouprank_mini.rerank).
+
+Three kinds of model drive the same code:
+- a scripted stand-in that reads each prompt and answers as a perfect judge, so the
+  expected ranking is known exactly (prompts, batching, parsing and merging all run for real);
+- a 2-layer random Llama with the real tokenizer: fast, deterministic, never stops early;
+- the embedded SmolLM2-135M on one Cranfield query over BM25's top 10.
+The embedded model loads once per module and each paradigm runs on it once.
+"""
+import math
+import re
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+from grouprank_mini import data, get_preset, groups, models, prompts, retrieval
+from grouprank_mini.parsing import STATUSES
+from grouprank_mini.rerank import GenerationStats, GroupwiseReranker, ListwiseReranker, PointwiseReranker
+
+DEPTH = 10
+PRESET = get_preset("smoke", retriever_weight=0.0)  # depth 10, groups of 5; scores straight from the model
+PARADIGMS = {
+    "groupwise": lambda lm, tok, p: GroupwiseReranker(lm, tok, p, progress=False),
+    "groupwise-logprob": lambda lm, tok, p: GroupwiseReranker(lm, tok, p, scoring="logprob", progress=False),
+    "pointwise": lambda lm, tok, p: PointwiseReranker(lm, tok, p, progress=False),
+    "pointwise-logprob": lambda lm, tok, p: PointwiseReranker(lm, tok, p, scoring="logprob", progress=False),
+    "listwise": lambda lm, tok, p: ListwiseReranker(lm, tok, p, progress=False),
+}
+# Over 10 candidates: groups of 5 -> 2 calls; one call per document; one window of 20 covers all.
+EXPECTED_CALLS = {"groupwise": 2, "groupwise-logprob": 2, "pointwise": 10, "pointwise-logprob": 10, "listwise": 1}
+# New-token caps: min(max_new_tokens 40, 8·c + 12) for groups and single documents; 6·20 + 16 for a window.
+BUDGET = {"groupwise": 40, "pointwise": 20, "listwise": 136}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    return models.tiny_random_model(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return models.load_model()
+
+
+@pytest.fixture(scope="module")
+def cranfield():
+    """The collection, BM25's top 10 for three test queries, and those query ids."""
+    collection = data.load_collection("cranfield")
+    split = data.split_queries(collection, PRESET.split_seed, PRESET.test_fraction, PRESET.dev_fraction)
+    qids = split.test[:3]
+    run = retrieval.BM25(collection, PRESET.bm25_stopwords).search({q: collection.queries[q] for q in qids}, k=DEPTH)
+    return collection, run, qids
+
+
+# --- a scripted judge ------------------------------------------------------------------------
+
+class ScriptedModel:
+    """Stands in for a causal LM: reads the `[k]. text` lines of each prompt and answers with
+    the grade written in each text, as JSON scores (groupwise) or as an order (listwise)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def generate(self, input_ids, attention_mask, pad_token_id, **_):
+        answers = [self.answer(p) for p in self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)]
+        ids = [self.tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+        width = max(map(len, ids))
+        new = torch.tensor([row + [pad_token_id] * (width - len(row)) for row in ids])
+        return torch.cat([input_ids, new], dim=1)
+
+    @staticmethod
+    def answer(prompt: str) -> str:
+        grades = [int(g) for g in re.findall(r"^\[\d+\]\. passage \d+ grade (\d+)", prompt, re.M)]
+        if "Order all" in prompt:
+            best_first = sorted(range(len(grades)), key=lambda k: -grades[k])
+            return "<answer>" + " > ".join(f"[{k + 1}]" for k in best_first) + "</answer>"
+        return prompts.answer_text([min(g, 10) for g in grades])
+
+
+def graded(grades: list[int]) -> tuple[dict[str, str], dict[str, float]]:
+    """Candidates whose text carries their grade, with first-stage scores in list order."""
+    docs = {f"d{i}": f"passage {i} grade {g}" for i, g in enumerate(grades)}
+    return docs, {d: float(len(grades) - i) for i, d in enumerate(docs)}
+
+
+TIED_GRADES = [5, 9, 5, 0, 9, 2, 7, 5, 1, 10, 3, 9]
+
+
+@pytest.mark.parametrize("paradigm", ["groupwise", "pointwise"])
+@pytest.mark.parametrize("passes", [1, 2])
+def test_scripted_scores_give_the_expected_order(tokenizer, paradigm, passes):
+    docs, first_stage = graded(TIED_GRADES)
+    reranker = PARADIGMS[paradigm](ScriptedModel(tokenizer), tokenizer, replace(PRESET, passes=passes))
+    ranking = [d for d, _ in reranker.rerank("which passage?", docs, first_stage)]
+    # Best grade first; equal grades keep their first-stage order.
+    assert ranking == [f"d{i}" for i in sorted(range(len(TIED_GRADES)), key=lambda i: (-TIED_GRADES[i], i))]
+    assert all(parsed.status == "ok" for _, parsed in reranker.last_outputs)
+
+
+def test_scripted_scores_are_interpolated_with_the_retriever(tokenizer):
+    docs, first_stage = graded(TIED_GRADES)
+    reranker = GroupwiseReranker(ScriptedModel(tokenizer), tokenizer, replace(PRESET, retriever_weight=0.4), progress=False)
+    scores = dict(reranker.rerank("which passage?", docs, first_stage))
+    low, high = min(first_stage.values()), max(first_stage.values())
+    for i, d in enumerate(docs):
+        expected = 0.6 * TIED_GRADES[i] / 10 + 0.4 * (first_stage[d] - low) / (high - low)
+        assert scores[d] == pytest.approx(expected, abs=1e-7)
+
+
+@pytest.mark.parametrize("n, c, passes", [(12, 5, 1), (12, 5, 3), (10, 3, 2), (4, 10, 1)])
+def test_groupwise_calls_are_groups_times_passes(tokenizer, n, c, passes):
+    reranker = GroupwiseReranker(ScriptedModel(tokenizer), tokenizer, replace(PRESET, group_size=c, passes=passes), progress=False)
+    reranker.rerank("which passage?", *graded(list(range(n))))
+    assert reranker.stats.calls == math.ceil(n / c) * passes
+    assert reranker.stats.batches == math.ceil(reranker.stats.calls / PRESET.batch_size)
+
+
+def test_pointwise_calls_are_one_per_document_whatever_the_passes(tokenizer):
+    reranker = PointwiseReranker(ScriptedModel(tokenizer), tokenizer, replace(PRESET, passes=4), progress=False)
+    reranker.rerank("which passage?", *graded(TIED_GRADES))
+    assert reranker.stats.calls == len(TIED_GRADES)
+
+
+@pytest.mark.parametrize("n, starts", [(40, [20, 10, 0]), (25, [5, 0]), (20, [0]), (10, [0]), (0, [0])])
+def test_listwise_window_schedule(tokenizer, n, starts):
+    assert ListwiseReranker(None, tokenizer, PRESET).window_starts(n) == starts
+
+
+def test_listwise_bubbles_the_best_to_the_top_and_batches_queries(tokenizer):
+    grades = [(7 * i) % 40 for i in range(40)]  # 40 distinct grades in a scrambled first-stage order
+    docs, first_stage = graded(grades)
+    reranker = ListwiseReranker(ScriptedModel(tokenizer), tokenizer, PRESET, progress=False)
+    rankings = reranker.rerank_many([("q1", docs, first_stage), ("q2", docs, first_stage)])
+    best_ten = [f"d{grades.index(g)}" for g in range(39, 29, -1)]
+    assert all(retrieval.ranked_ids(scores)[:10] == best_ten for scores in rankings)
+    # 3 windows per query, run stage by stage: both queries' windows share each batch.
+    assert (reranker.stats.calls, reranker.stats.batches) == (6, 3)
+
+
+def test_scripted_generation_is_counted(tokenizer):
+    docs, first_stage = graded(TIED_GRADES)
+    reranker = GroupwiseReranker(ScriptedModel(tokenizer), tokenizer, PRESET, progress=False)
+    reranker.rerank("which passage?", docs, first_stage)
+    answers = [text for text, _ in reranker.last_outputs]
+    assert reranker.stats.generated_tokens == sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    reranker.stats.reset()
+    assert reranker.stats == GenerationStats()
+
+
+def test_plain_list_of_texts_gets_positional_ids(tokenizer):
+    reranker = GroupwiseReranker(ScriptedModel(tokenizer), tokenizer, PRESET, progress=False)
+    ranking = reranker.rerank("which passage?", ["passage 0 grade 1", "passage 1 grade 8", "passage 2 grade 4"])
+    assert [d for d, _ in ranking] == ["1", "2", "0"]
+
+
+# --- real models on one Cranfield query -----------------------------------------------------
+
+@dataclass
+class Outcome:
+    paradigm: str
+    model_name: str
+    reranker: object
+    query: str
+    candidates: dict[str, str]
+    first_stage: dict[str, float]
+    ranking: list[tuple[str, float]]
+
+
+@pytest.fixture(scope="module", params=[(m, p) for m in ("tiny", "embedded") for p in PARADIGMS], ids="-".join)
+def outcome(request, tokenizer, cranfield):
+    """One paradigm on one model over BM25's top 10 of the first test query (run once)."""
+    model_name, paradigm = request.param
+    collection, run, qids = cranfield
+    first_stage = run[qids[0]]
+    candidates = {d: collection.docs[d] for d in retrieval.ranked_ids(first_stage)}
+    reranker = PARADIGMS[paradigm](request.getfixturevalue(model_name), tokenizer, PRESET)
+    ranking = reranker.rerank(collection.queries[qids[0]], candidates, first_stage)
+    return Outcome(paradigm, model_name, reranker, collection.queries[qids[0]], candidates, first_stage, ranking)
+
+
+def test_every_candidate_is_returned_exactly_once(outcome):
+    ids = [d for d, _ in outcome.ranking]
+    assert len(ids) == DEPTH and sorted(ids) == sorted(outcome.candidates)
+
+
+def test_scores_are_floats_sorted_best_first(outcome):
+    scores = [s for _, s in outcome.ranking]
+    assert all(isinstance(s, float) and math.isfinite(s) for s in scores)
+    assert all(a > b for a, b in zip(scores, scores[1:]))  # strictly: ties are always broken
+
+
+def test_calls_and_batches_are_counted(outcome):
+    stats = outcome.reranker.stats
+    assert stats.calls == EXPECTED_CALLS[outcome.paradigm]
+    assert stats.batches == math.ceil(stats.calls / PRESET.batch_size)
+    assert 0 < stats.prefill_seconds <= stats.seconds
+
+
+def test_prompt_tokens_are_counted_without_padding(outcome, tokenizer):
+    llm = outcome.reranker.llm
+    texts = [llm.chat_text(m) for m, _ in sent_prompts(outcome)]
+    if outcome.paradigm.endswith("logprob"):  # the teacher-forced answer skeleton is part of the input
+        lengths = [len(llm._skeleton(t, n)[0]) for t, (_, n) in zip(texts, sent_prompts(outcome))]
+    else:
+        lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert outcome.reranker.stats.prompt_tokens == sum(lengths)
+
+
+def sent_prompts(outcome) -> list[tuple[list[dict], int]]:
+    """The (messages, group size) the paradigm should have sent, rebuilt from the preset."""
+    texts, p = list(outcome.candidates.values()), PRESET
+    if outcome.paradigm.startswith("listwise"):
+        return [(prompts.listwise_messages(outcome.query, texts, p.doc_max_chars), len(texts))]
+    size = 1 if outcome.paradigm.startswith("pointwise") else p.group_size
+    plan = groups.multi_pass_groups(len(texts), size, p.passes, p.seed)
+    return [(prompts.groupwise_messages(outcome.query, [texts[i] for i in g], p.doc_max_chars, p.reasoning), len(g))
+            for g in plan]
+
+
+def test_generated_tokens_are_counted(outcome):
+    stats, paradigm = outcome.reranker.stats, outcome.paradigm
+    if paradigm.endswith("logprob"):
+        assert stats.generated_tokens == 0
+    elif outcome.model_name == "tiny":  # a random model never writes EOS or </answer>: every budget is spent
+        assert stats.generated_tokens == stats.calls * BUDGET[paradigm]
+    else:
+        assert 0 < stats.generated_tokens <= stats.calls * BUDGET[paradigm]
+
+
+def test_generated_answers_are_parsed(outcome):
+    if outcome.paradigm.endswith("logprob"):
+        assert outcome.reranker.last_outputs == []
+    elif outcome.paradigm == "listwise":
+        assert all(sorted(order) == list(range(DEPTH)) for _, order in outcome.reranker.last_outputs)
+    else:
+        assert len(outcome.reranker.last_outputs) == EXPECTED_CALLS[outcome.paradigm]
+        assert all(parsed.status in STATUSES for _, parsed in outcome.reranker.last_outputs)
+
+
+def test_logprob_scores_are_in_range_and_never_tied(outcome):
+    if not outcome.paradigm.endswith("logprob"):
+        pytest.skip("only token-probability scoring promises tie-free scores")
+    scores = sorted((s for _, s in outcome.ranking), reverse=True)
+    # With retriever_weight 0 a final score is the model's 0-10 score / 10, minus a tie-break
+    # offset of 1e-9 per rank; a gap above 1e-8 therefore means the model itself separated them.
+    assert all(-1e-7 <= 10 * s <= 10 for s in scores)
+    assert all(a - b > 1e-8 for a, b in zip(scores, scores[1:]))
+
+
+def test_slot_scores_one_per_slot_within_range(tiny, tokenizer):
+    reranker = GroupwiseReranker(tiny, tokenizer, PRESET, scoring="logprob", progress=False)
+    messages = [prompts.groupwise_messages("q", ["a", "b", "c"], 50), prompts.groupwise_messages("longer query", ["a"], 50)]
+    scores = reranker.llm.slot_scores(messages, [3, 1])
+    assert [len(s) for s in scores] == [3, 1]
+    assert all(0.0 <= s <= 10.0 for row in scores for s in row)
+
+
+# --- batch invariance on the tiny model -------------------------------------------------------
+
+@pytest.mark.parametrize("paradigm", ["groupwise", "groupwise-logprob", "listwise"])
+def test_left_padded_batches_match_batch_size_one(tiny, tokenizer, cranfield, paradigm):
+    collection, run, qids = cranfield  # three queries: prompts of different lengths share a batch
+    results = {}
+    for batch_size in (1, 4):
+        reranker = PARADIGMS[paradigm](tiny, tokenizer, replace(PRESET, batch_size=batch_size))
+        results[batch_size] = (reranker.rerank_run(collection, run, DEPTH, qids), [t for t, _ in reranker.last_outputs])
+    (alone, alone_texts), (batched, batched_texts) = results[1], results[4]
+    assert batched_texts == alone_texts  # greedy text is identical token for token
+    for qid in qids:
+        assert batched[qid] == pytest.approx(alone[qid], abs=1e-5)
+        assert retrieval.ranked_ids(batched[qid]) == retrieval.ranked_ids(alone[qid])
