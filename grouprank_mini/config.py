@@ -25,6 +25,7 @@ class Preset:
     test_fraction: float = 0.25
     dev_fraction: float = 0.1
     eval_queries: int | None = None  # evaluate on only the first N test queries (None: all)
+    analysis_queries: int | None = 10  # queries for the paradigm comparison and sweeps (None: all)
     # --- first stage retrieval ----------------------------------------------------
     bm25_stopwords: str | None = "en"
     bm25_stemmer: str | None = None  # e.g. "english" (needs PyStemmer)
@@ -86,7 +87,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # Every stage in minutes on 2 CPU cores: the CI preset.
     "smoke": Preset(
-        name="smoke", eval_queries=8, rerank_depth=10, group_size=5, doc_max_chars=160,
+        name="smoke", eval_queries=8, analysis_queries=2, rerank_depth=10, group_size=5, doc_max_chars=160,
         max_new_tokens=64, synth_queries=12, pool_top_k=5, pool_random_m=5, pool_rank_max=50,
         synth_group_sizes=(3, 5), sft_max_steps=6, sft_max_length=512, grpo_max_steps=2,
         grpo_num_generations=2, grpo_batch_size=2, grpo_max_completion_length=48, save_steps=1,

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import groups, prompts
 from .parsing import ParsedGroup, parse_group_scores, parse_permutation
-from .retrieval import Run, ranked_ids, top_k
+from .retrieval import Run, ranked_ids
 
 DIGITS = [str(d) for d in range(10)]
 SLOT_PLACEHOLDER = "5"  # the digit teacher-forced into each slot of the skeleton (logprob scoring)
@@ -202,10 +202,19 @@ class Reranker:
         for qid in qids:
             top = ranked_ids(run[qid])[:depth]
             requests.append((collection.queries[qid], {d: collection.docs[d] for d in top}, {d: run[qid][d] for d in top}))
-        return dict(zip(qids, self.rerank_many(requests)))
+        reranked = self.rerank_many(requests)
+        return {qid: _with_tail(scores, run[qid]) for qid, scores in zip(qids, reranked)}
 
     def rerank_many(self, requests: list[Request]) -> list[dict[str, float]]:
         raise NotImplementedError
+
+
+def _with_tail(reranked: dict[str, float], first_stage: dict[str, float]) -> dict[str, float]:
+    """The reranked head, then the rest of the first-stage ranking below it (as rerankers are
+    evaluated: recall past the reranking depth stays the first stage's)."""
+    floor = min(reranked.values(), default=0.0)
+    tail = [d for d in ranked_ids(first_stage) if d not in reranked]
+    return {**reranked, **{d: floor - 1.0 - i for i, d in enumerate(tail)}}
 
 
 class GroupwiseReranker(Reranker):
@@ -347,7 +356,7 @@ def compare_paradigms(model, tokenizer, preset, collection, run: Run, qids: list
     from .evaluate import evaluate
 
     depth = depth or preset.rerank_depth
-    rows = {"BM25": {"nDCG@10": evaluate(top_k(run, depth), collection, qids)["nDCG@10"]}}
+    rows = {"BM25": {"nDCG@10": evaluate(run, collection, qids)["nDCG@10"]}}
     for name, reranker in paradigm_rerankers(model, tokenizer, preset).items():
         rows[name] = measure(reranker, collection, run, qids, depth)
     return pd.DataFrame(rows).T

@@ -30,7 +30,9 @@ PARADIGMS = {
 # Over 10 candidates: groups of 5 -> 2 calls; one call per document; one window of 20 covers all.
 EXPECTED_CALLS = {"groupwise": 2, "groupwise-logprob": 2, "pointwise": 10, "pointwise-logprob": 10, "listwise": 1}
 # New-token caps: min(max_new_tokens 40, 8·c + 12) for groups and single documents; 6·20 + 16 for a window.
-BUDGET = {"groupwise": 40, "pointwise": 20, "listwise": 136}
+# New-token caps: ~8 tokens per document plus 12 for tags (capped by the preset), listwise 6 per id + 16.
+BUDGET = {"groupwise": min(PRESET.max_new_tokens, 8 * PRESET.group_size + 12),
+          "pointwise": min(PRESET.max_new_tokens, 8 * 1 + 12), "listwise": 6 * 20 + 16}
 
 
 @pytest.fixture(scope="module", autouse=True)
