@@ -27,6 +27,17 @@ def multi_pass_groups(n_items: int, group_size: int, passes: int, seed: int) -> 
     return [group for p in range(passes) for group in make_groups(n_items, group_size, seed * 1000 + p)]
 
 
+def window_starts(n: int, window: int, step: int) -> list[int]:
+    """Start offsets of a back-to-front sliding window over n items (RankGPT's schedule):
+    the best documents bubble up from the bottom of the list, one overlapping window at a time."""
+    starts, start = [], max(n - window, 0)
+    while True:
+        starts.append(start)
+        if start == 0:
+            return starts
+        start = max(start - step, 0)
+
+
 def mean_over_passes(groups: list[list[int]], group_scores: list[list[float]], n_items: int) -> list[float]:
     """Each item's mean score over all the groups it appeared in."""
     totals, counts = [0.0] * n_items, [0] * n_items

@@ -287,13 +287,7 @@ class ListwiseReranker(Reranker):
         self.window, self.step = window, step
 
     def window_starts(self, n: int) -> list[int]:
-        """Start offsets from the bottom of the list to the top."""
-        starts, start = [], max(n - self.window, 0)
-        while True:
-            starts.append(start)
-            if start == 0:
-                return starts
-            start = max(start - self.step, 0)
+        return groups.window_starts(n, self.window, self.step)
 
     def rerank_many(self, requests: list[Request]) -> list[dict[str, float]]:
         self.last_outputs = []

@@ -37,7 +37,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import prompts
-from .data import Collection, load_collection, split_queries
+from .data import Collection, load_collection, preset_split
 from .evaluate import evaluate
 from .retrieval import BM25, Dense, Run, hybrid, ranked_ids
 from .runtime import cache_dir
@@ -66,8 +66,7 @@ class Retrievers:
 
 def synthesis_queries(collection: Collection, preset) -> list[str]:
     """The first `synth_queries` train-split queries: test and dev queries never get a pool."""
-    split = split_queries(collection, preset.split_seed, preset.test_fraction, preset.dev_fraction)
-    return split.train[:preset.synth_queries]
+    return preset_split(collection, preset).train[:preset.synth_queries]
 
 
 def build_retrievers(collection: Collection, preset) -> Retrievers:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import prompts
+from .groups import window_starts
 from .parsing import parse_group_scores, parse_permutation
 from .runtime import cache_dir
 
@@ -96,16 +97,6 @@ class PointwiseLLMTeacher:
             return [slots[0] for slots in self.backend.slot_scores(messages, [1] * len(messages))]
         replies = self.backend.generate(messages, max_new_tokens=24)  # '<answer>{"[1]": 10}</answer>' is ~15 tokens
         return [parse_group_scores(reply, 1).scores[0] for reply in replies]
-
-
-def window_starts(n: int, window: int, step: int) -> list[int]:
-    """Start offsets of a back-to-front sliding window over n items (RankGPT's schedule)."""
-    starts, start = [], max(n - window, 0)
-    while True:
-        starts.append(start)
-        if start == 0:
-            return starts
-        start = max(start - step, 0)
 
 
 class ListwiseLLMTeacher:
