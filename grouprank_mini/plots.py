@@ -164,3 +164,14 @@ def paradigm_benchmark(table, subtitle: str) -> Figure:
     ax.set_title(f"Quality vs speed\n{subtitle}", fontsize=9)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     return fig
+
+
+def score_histograms(scores: dict[str, list[float]]) -> Figure:
+    """Share of each 0-10 score, one panel per source (e.g. SFT, SFT+GRPO, target)."""
+    fig = Figure(figsize=(3 * len(scores), 2.8), layout="constrained")
+    axes = fig.subplots(1, len(scores), sharey=True, squeeze=False)[0]
+    for ax, (name, values) in zip(axes, scores.items()):
+        ax.hist([round(v) for v in values], bins=[b - 0.5 for b in range(12)], density=True, color="tab:blue")
+        ax.set(title=name, xlabel="score", xticks=range(0, 11, 2))
+    axes[0].set_ylabel("share")
+    return fig
