@@ -30,7 +30,9 @@ runs only at the last position (generate) or at the score slots (logprob). Atten
 FLOPs (quadratic in length) and padding tokens are work the formula does not count, so the
 fraction slightly understates how well the hardware is used.
 
-Writes <stem>.json, <stem>.md and <stem>.png into --out and prints the markdown table.
+Writes <stem>.json, <stem>.md and <stem>.png into --out and prints the markdown table. The
+state is saved to <stem>.partial.json after every step: a killed run, started again with the
+same arguments, resumes where it stopped (the JSON lists every start).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ import re
 import statistics
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -115,21 +117,49 @@ def rerankers(model, tokenizer, preset) -> dict:
     }
 
 
-def run_interleaved(paradigms: dict, collection, run, qids, depth: int, chunk: int) -> tuple[dict, list[float]]:
-    """Every paradigm on each chunk of queries in turn. Returns {name: (reranked run, seconds,
-    raw outputs)} and matmul GFLOP/s sampled before the first chunk and after each one."""
-    results = {name: ({}, 0.0, []) for name in paradigms}
-    samples = [matmul_gflops()]
+def run_interleaved(paradigms: dict, collection, run, qids, depth: int, chunk: int, checkpoint: Path) -> dict:
+    """Every paradigm on each chunk of queries in turn, saving the state after every step.
+
+    Returns {"results": {name: {run, seconds, stats, outputs}}, "gflops": matmul samples taken
+    before the first chunk and after each one, ...}. A run that was killed resumes from
+    `checkpoint` and redoes only the step it was in.
+    """
+    state = _load(checkpoint) or {"results": {name: {"run": {}, "seconds": 0.0, "stats": {}, "outputs": []}
+                                              for name in paradigms}, "done": [], "gflops": {}, "starts": []}
+    state["starts"].append(datetime.now().astimezone().isoformat(timespec="seconds"))
+    state["gflops"].setdefault("before", matmul_gflops())
     for start in range(0, len(qids), chunk):
         part = qids[start:start + chunk]
         for name, reranker in paradigms.items():
-            print(f"[{datetime.now():%H:%M:%S}] queries {start + 1}-{start + len(part)}: {name}", flush=True)
-            begin = time.perf_counter()
-            reranked = reranker.rerank_run(collection, run, depth, part)
-            done, seconds, outputs = results[name]
-            results[name] = (done | reranked, seconds + time.perf_counter() - begin, outputs + reranker.last_outputs)
-        samples.append(matmul_gflops())
-    return results, samples
+            if f"{start} {name}" not in state["done"]:
+                print(f"[{datetime.now():%H:%M:%S}] queries {start + 1}-{start + len(part)}: {name}", flush=True)
+                _step(reranker, state["results"][name], collection, run, depth, part)
+                state["done"].append(f"{start} {name}")
+                _save(checkpoint, state)
+        state["gflops"].setdefault(f"after {start}", matmul_gflops())
+        _save(checkpoint, state)
+    return state
+
+
+def _step(reranker, result: dict, collection, run, depth: int, part: list[str]) -> None:
+    """Rerank one chunk and add its run, seconds, stats and answers to `result`."""
+    reranker.stats.reset()
+    begin = time.perf_counter()
+    result["run"] |= reranker.rerank_run(collection, run, depth, part)
+    result["seconds"] += time.perf_counter() - begin
+    result["stats"] = {k: result["stats"].get(k, 0) + v for k, v in asdict(reranker.stats).items()}
+    result["outputs"] += [{"text": text, "status": read.status} if isinstance(read, ParsedGroup)
+                          else {"text": text, "order": read} for text, read in reranker.last_outputs]
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")  # write then rename: a kill mid-write never corrupts the checkpoint
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
 
 
 def interpolated(run: retrieval.Run, first_stage: retrieval.Run, weight: float) -> retrieval.Run:
@@ -147,16 +177,18 @@ def quality(run, collection, qids) -> dict:
     return {"nDCG@10": evaluate.evaluate(run, collection, qids)["nDCG@10"], "per-query nDCG@10": per_query}
 
 
-def costs(reranker, seconds: float, outputs: list, n: int) -> dict:
-    """What one paradigm spent per query (its stats accumulate over all chunks)."""
-    s = reranker.stats
-    return {"seconds/query": seconds / n, "calls/query": s.calls / n, "batches": s.batches,
-            "prompt tokens/query": s.prompt_tokens / n, "generated tokens/query": s.generated_tokens / n,
-            "prefill seconds/query": s.prefill_seconds / n, "prefill tokens/s": s.prompt_tokens / s.prefill_seconds,
-            "format failures": format_failures(outputs), "statuses": statuses(outputs)}
+def costs(result: dict, n: int) -> dict:
+    """What one paradigm spent per query, summed over all chunks."""
+    s = result["stats"]
+    return {"seconds/query": result["seconds"] / n, "calls/query": s["calls"] / n, "batches": s["batches"],
+            "prompt tokens/query": s["prompt_tokens"] / n, "generated tokens/query": s["generated_tokens"] / n,
+            "prefill seconds/query": s["prefill_seconds"] / n,
+            "prefill tokens/s": s["prompt_tokens"] / s["prefill_seconds"],
+            "format failures": format_failures(result["outputs"]),
+            "statuses": dict(Counter(o["status"] for o in result["outputs"] if "status" in o))}
 
 
-def format_failures(outputs: list) -> float | None:
+def format_failures(outputs: list[dict]) -> float | None:
     """Share of free-text answers that were not clean; None for logprob (no free text).
 
     Groupwise/pointwise: parser status other than ok. Listwise: no closed <answer> tags, or
@@ -164,18 +196,13 @@ def format_failures(outputs: list) -> float | None:
     """
     if not outputs:
         return None
-    if isinstance(outputs[0][1], ParsedGroup):
-        return sum(not parsed.ok for _, parsed in outputs) / len(outputs)
-    return sum(not _full_permutation(text, len(order)) for text, order in outputs) / len(outputs)
+    clean = [o["status"] == "ok" if "status" in o else _full_permutation(o["text"], len(o["order"])) for o in outputs]
+    return 1 - sum(clean) / len(clean)
 
 
 def _full_permutation(text: str, n: int) -> bool:
     named = re.findall(r"\[\s*(\d+)\s*\]", answer_region(text)[0])
     return tags_ok(text) and sorted(named, key=int) == [str(k) for k in range(1, n + 1)]
-
-
-def statuses(outputs: list) -> dict[str, int]:
-    return dict(Counter(parsed.status for _, parsed in outputs if isinstance(parsed, ParsedGroup)))
 
 
 def bm25(collection, preset, qids, depth) -> tuple[retrieval.Run, dict]:
@@ -187,16 +214,15 @@ def bm25(collection, preset, qids, depth) -> tuple[retrieval.Run, dict]:
     return run, {"BM25": {**quality(run, collection, qids), "seconds/query": seconds}}
 
 
-def paradigm_rows(paradigms: dict, results: dict, collection, run, qids, weight: float) -> dict:
+def paradigm_rows(results: dict, collection, run, qids, weight: float) -> dict:
     rows = {}
-    for name, reranker in paradigms.items():
-        reranked, seconds, outputs = results[name]
-        spent = costs(reranker, seconds, outputs, len(qids))
+    for name, result in results.items():
+        spent = costs(result, len(qids))
         if name == LISTWISE:  # a permutation has no scores to interpolate
-            rows[name] = {**quality(reranked, collection, qids), **spent}
+            rows[name] = {**quality(result["run"], collection, qids), **spent}
             continue
         for w in sorted({0.0, weight}):
-            rows[f"{name} (w={w:g})"] = {**quality(interpolated(reranked, run, w), collection, qids), **spent}
+            rows[f"{name} (w={w:g})"] = {**quality(interpolated(result["run"], run, w), collection, qids), **spent}
     return rows
 
 
@@ -287,9 +313,7 @@ def plot(result: dict, path: Path) -> None:
     plots.paradigm_benchmark(table, subtitle).savefig(path, dpi=120)
 
 
-def write(result: dict, args, preset) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"rerank_paradigms_{preset.name}_q{args.queries}_d{args.depth}_t{args.threads}"
+def write(result: dict, stem: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     table = markdown(result)
     stem.with_suffix(".md").write_text(table)
@@ -311,12 +335,16 @@ def main() -> None:
     tokenizer = models.load_tokenizer(preset.model, preset.trust_remote_code)
     model = models.load_model(preset.model, preset.quantize_4bit, preset.trust_remote_code)
     model(**tokenizer(["warm up"], return_tensors="pt"))  # first-call overheads stay out of the timings
-    paradigms = rerankers(model, tokenizer, preset)
-    results, samples = run_interleaved(paradigms, collection, run, qids, args.depth, preset.batch_size)
+    stem = args.out / f"rerank_paradigms_{preset.name}_q{args.queries}_d{args.depth}_t{args.threads}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = stem.with_suffix(".partial.json")
+    state = run_interleaved(rerankers(model, tokenizer, preset), collection, run, qids, args.depth,
+                            preset.batch_size, checkpoint)
     machine["load average at end (1, 5, 15 min)"] = os.getloadavg()
-    rows |= paradigm_rows(paradigms, results, collection, run, qids, preset.retriever_weight)
+    machine["process starts (a killed run resumes)"] = state["starts"]
+    rows |= paradigm_rows(state["results"], collection, run, qids, preset.retriever_weight)
     params = non_embedding_parameters(model)
-    ceiling = add_ceiling(rows, params, samples)
+    ceiling = add_ceiling(rows, params, list(state["gflops"].values()))
     ratios = speed_ratios(rows)
     setup = {"preset": preset.name, "collection": preset.collection, "queries": len(qids), "qids": qids,
              "depth": args.depth, "model": preset.model, "non-embedding parameters": params,
@@ -324,7 +352,8 @@ def main() -> None:
              "retriever weight": preset.retriever_weight, "doc max chars": preset.doc_max_chars,
              "max new tokens": preset.max_new_tokens}
     write({"machine": machine, "setup": setup, "ceiling": ceiling, "rows": rows, "speed ratios": ratios,
-           "targets": target_checks(rows, ratios, preset.retriever_weight)}, args, preset)
+           "targets": target_checks(rows, ratios, preset.retriever_weight)}, stem)
+    checkpoint.unlink()  # finished: a new run starts afresh
 
 
 if __name__ == "__main__":
