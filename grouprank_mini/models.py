@@ -69,7 +69,11 @@ def load_model(model: str = EMBEDDED_MODEL, quantize_4bit: bool = False, trust_r
         kwargs["quantization_config"] = bnb_config()
     kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if torch.cuda.is_available():
-        kwargs["device_map"] = "auto"
+        from accelerate import PartialState
+
+        # The whole model on this process's GPU: under `accelerate launch` each process trains its
+        # own copy (data parallel), which device_map="auto" (spread over all GPUs) would refuse.
+        kwargs["device_map"] = {"": PartialState().local_process_index}
     lm = AutoModelForCausalLM.from_pretrained(resolve(model), **kwargs)
     if quantize_4bit:
         keep_4bit_gradients(lm)

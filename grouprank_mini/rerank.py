@@ -356,6 +356,15 @@ def compare_paradigms(model, tokenizer, preset, collection, run: Run, qids: list
     return pd.DataFrame(rows).T
 
 
+def rerank_systems(systems: dict, tokenizer, preset, collection, run: Run, qids: list[str],
+                   scorings=("generate", "logprob")) -> dict[str, Run]:
+    """The groupwise reranker with each model of `systems` ({name: model}) and each scoring, on
+    the same candidates; runs named "<model name> (<scoring>)"."""
+    return {f"{name} ({scoring})": GroupwiseReranker(model, tokenizer, preset, scoring=scoring, progress=False)
+            .rerank_run(collection, run, qids=qids)
+            for scoring in scorings for name, model in systems.items()}
+
+
 def sweep(model, tokenizer, preset, collection, run: Run, qids: list[str], field: str, values, scoring: str = "logprob"):
     """Groupwise nDCG@10 and cost as one preset field varies (the paper's Fig. 3 and Fig. 5)."""
     import pandas as pd

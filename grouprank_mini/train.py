@@ -48,6 +48,7 @@ from .synthesis import dataset_root
 STATE_FILE = "trainer_state.json"
 SFT_EVALS = 5  # eval-loss points per SFT run: a curve, at a cost that does not grow with the run
 EVAL_SPLITS = ("dev", "validation", "eval")  # the first one present is the SFT eval set
+ABLATIONS = {"no_utility": {"reward_utility": False}, "no_alignment": {"reward_alignment": False}}  # paper §5
 
 
 # --- where things go ------------------------------------------------------------------------
@@ -110,6 +111,19 @@ def _resume_point(output_dir: Path, resume: bool) -> str | None:
     return None
 
 
+def _finished(output_dir: Path, max_steps: int, epochs: float) -> bool:
+    """Whether the run in `output_dir` already reached its end (its final trainer_state.json,
+    written only after training, says so). Resuming a finished run would not be a no-op:
+    transformers takes one more step before it checks max_steps."""
+    path = Path(output_dir) / STATE_FILE
+    if not path.is_file():
+        return False
+    state = json.loads(path.read_text())
+    if max_steps > 0:
+        return state["global_step"] >= max_steps
+    return state["global_step"] >= state["max_steps"] and state["num_train_epochs"] >= epochs
+
+
 def _train_and_save(trainer, output_dir: Path, resume: bool) -> Path:
     trainer.train(resume_from_checkpoint=_resume_point(output_dir, resume))
     trainer.save_model(str(output_dir))  # adapter + tokenizer, on the main process only
@@ -154,6 +168,9 @@ def train_sft(preset, train_ds, eval_ds=None, output_dir=None, resume=True, mode
     """LoRA SFT on prompt/completion records; returns the folder of the saved adapter."""
     runtime.setup(preset)
     output_dir = Path(output_dir or adapter_dir(preset, "sft"))
+    if resume and _finished(output_dir, preset.sft_max_steps, preset.sft_epochs):
+        print(f"SFT already finished in {output_dir}: reusing it (resume=False trains again)")
+        return output_dir
     trainer = sft_trainer(preset, train_ds, eval_ds, output_dir, model, tokenizer, callbacks)
     return _train_and_save(trainer, output_dir, resume)
 
@@ -207,6 +224,9 @@ def train_grpo(preset, rl_ds, sft_adapter=None, output_dir=None, resume=True, mo
     """GRPO from the SFT adapter (or a fresh LoRA if None); returns the folder of the saved adapter."""
     runtime.setup(preset)
     output_dir = Path(output_dir or adapter_dir(preset, "grpo"))
+    if resume and _finished(output_dir, preset.grpo_max_steps, epochs=1):
+        print(f"GRPO already finished in {output_dir}: reusing it (resume=False trains again)")
+        return output_dir
     trainer = grpo_trainer(preset, rl_ds, sft_adapter, output_dir, model, tokenizer, reward_funcs, callbacks)
     return _train_and_save(trainer, output_dir, resume)
 
@@ -249,13 +269,15 @@ def history(output_dir):
 
 # --- command line -------------------------------------------------------------------------------
 
-def _load_dataset(path: Path) -> tuple[Dataset, Dataset | None]:
-    """(train, eval or None) from a saved Dataset, or a DatasetDict with "train" and maybe a dev split."""
+def _load_dataset(path: Path, preset) -> tuple[Dataset, Dataset]:
+    """(train, eval) from a DatasetDict with "train" and a dev split, or from a plain saved
+    Dataset split by `load_records`, exactly as the notebooks split it."""
     data = load_from_disk(str(path))
-    if not isinstance(data, DatasetDict):
-        return data, None
-    eval_split = next((name for name in EVAL_SPLITS if name in data), None)
-    return data["train"], data[eval_split] if eval_split else None
+    if isinstance(data, DatasetDict):
+        eval_split = next((name for name in EVAL_SPLITS if name in data), None)
+        return data["train"], data[eval_split] if eval_split else None
+    split = load_records(path, preset)
+    return split["train"], split["test"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -272,7 +294,11 @@ def _parser() -> argparse.ArgumentParser:
                         "<cache>/adapters/<preset>/<stage>")
     parser.add_argument("--sft-adapter", help="grpo only: the SFT adapter to start from; default: the preset's "
                         "SFT output; 'none' trains a fresh LoRA (RL only)")
+    parser.add_argument("--ablation", choices=sorted(ABLATIONS), help="grpo only: train with one reward term "
+                        "switched off, into <cache>/adapters/<preset>/grpo-<ablation> (the paper's ablation)")
     parser.add_argument("--max-steps", type=int, help="override the preset's sft_max_steps / grpo_max_steps")
+    parser.add_argument("--threads", type=int, help="override the preset's torch threads (e.g. 1 per run when "
+                        "two runs share a 2-core machine)")
     parser.add_argument("--no-resume", action="store_true", help="delete old checkpoints in the output folder "
                         "and start over (default: continue from the newest checkpoint)")
     return parser
@@ -290,27 +316,22 @@ def _sft_adapter(args, preset) -> Path | None:
 def main(argv=None) -> Path:
     args = _parser().parse_args(argv)
     steps_field = "sft_max_steps" if args.stage == "sft" else "grpo_max_steps"
-    overrides = {steps_field: args.max_steps} if args.max_steps is not None else {}
-    preset = get_preset(args.preset, **overrides)
+    overrides = {steps_field: args.max_steps, "threads": args.threads}
+    preset = get_preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
     if args.stage == "sft":
-        train_ds, eval_ds = _load_dataset(args.dataset or dataset_dir(preset, "sft"))
+        train_ds, eval_ds = _load_dataset(args.dataset or dataset_dir(preset, "sft"), preset)
         path = train_sft(preset, train_ds, eval_ds, args.output, resume=not args.no_resume)
     else:
         sft_adapter = _sft_adapter(args, preset)  # checked first: fail before loading anything
-        rl_ds, _ = _load_dataset(args.dataset or dataset_dir(preset, "rl"))
-        path = train_grpo(preset, rl_ds, sft_adapter, args.output, resume=not args.no_resume)
+        rl_ds, _ = _load_dataset(args.dataset or dataset_dir(preset, "rl"), preset)
+        output = args.output or adapter_dir(preset, f"grpo-{args.ablation}" if args.ablation else "grpo")
+        preset = replace(preset, **ABLATIONS.get(args.ablation, {}))
+        path = train_grpo(preset, rl_ds, sft_adapter, output, resume=not args.no_resume)
     print(f"adapter saved to {path}")
     return path
 
 
-if __name__ == "__main__":
-    main()
-
-
 # --- notebooks' helpers ---------------------------------------------------------------------------
-
-ABLATIONS = {"no_utility": {"reward_utility": False}, "no_alignment": {"reward_alignment": False}}
-
 
 def load_records(path, preset, eval_fraction: float = 0.1):
     """A saved synthesis dataset split into "train" and "test" (held-out rows for eval loss)."""
@@ -333,6 +354,11 @@ def run_ablations(preset, rl_ds, sft_adapter) -> dict[str, Path]:
             for name, switch in ABLATIONS.items()}
 
 
+def most_trained(systems: dict) -> str:
+    """The name of the furthest-trained full-reward model in a `trained_models` result."""
+    return next(name for name in ("SFT+GRPO", "SFT", "zero-shot") if name in systems)
+
+
 def trained_models(preset) -> dict:
     """The base model and every finished adapter of this preset, in training order."""
     stages = {"SFT": "sft", "SFT+GRPO": "grpo", **{f"GRPO {name.replace('_', ' ')}": f"grpo-{name}" for name in ABLATIONS}}
@@ -344,3 +370,7 @@ def trained_models(preset) -> dict:
         else:
             print(f"{label}: no adapter at {path} (run notebook 02/03 first)")
     return found
+
+
+if __name__ == "__main__":
+    main()

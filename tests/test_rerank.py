@@ -16,7 +16,7 @@ import torch
 
 from grouprank_mini import data, get_preset, groups, models, prompts, retrieval
 from grouprank_mini.parsing import STATUSES
-from grouprank_mini.rerank import GenerationStats, GroupwiseReranker, ListwiseReranker, PointwiseReranker
+from grouprank_mini.rerank import GenerationStats, GroupwiseReranker, ListwiseReranker, PointwiseReranker, rerank_systems
 
 DEPTH = 10
 PRESET = get_preset("smoke", retriever_weight=0.0)  # depth 10, groups of 5; scores straight from the model
@@ -284,3 +284,11 @@ def test_left_padded_batches_match_batch_size_one(tiny, tokenizer, cranfield, pa
     for qid in qids:
         assert batched[qid] == pytest.approx(alone[qid], abs=1e-5)
         assert retrieval.ranked_ids(batched[qid]) == retrieval.ranked_ids(alone[qid])
+
+
+def test_rerank_systems_names_each_model_and_scoring(tiny, tokenizer, cranfield):
+    collection, run, qids = cranfield
+    runs = rerank_systems({"zero-shot": tiny}, tokenizer, PRESET, collection, run, qids)
+    assert list(runs) == ["zero-shot (generate)", "zero-shot (logprob)"]
+    alone = GroupwiseReranker(tiny, tokenizer, PRESET, scoring="logprob", progress=False).rerank_run(collection, run, qids=qids)
+    assert runs["zero-shot (logprob)"] == alone

@@ -157,6 +157,18 @@ def test_grpo_resumes_from_the_last_checkpoint_without_losing_steps(grpo_run):
     assert train.history(path)["loss"].dropna().index.tolist() == [1, 2, 3, 4]
 
 
+def test_a_finished_run_is_reused_instead_of_trained_again(grpo_run, sft_run, tokenizer):
+    path = grpo_run[0]
+    recorder = StepRecorder()  # transformers itself would take one extra step here
+    again = train.train_grpo(PRESET, rl_rows(), sft_adapter=sft_run, output_dir=path, tokenizer=tokenizer,
+                             model=models.tiny_random_model(tokenizer), reward_funcs=[varied_reward],
+                             callbacks=[recorder])
+    assert again == path and recorder.steps == []
+    assert json.loads((path / "trainer_state.json").read_text())["global_step"] == PRESET.grpo_max_steps
+    longer = get_preset(PRESET, grpo_max_steps=PRESET.grpo_max_steps + 1)
+    assert not train._finished(path, longer.grpo_max_steps, epochs=1)  # a longer run resumes and continues
+
+
 def test_grpo_trains_the_sft_adapter_against_a_frozen_sft_reference(grpo_run, sft_run):
     path, _, _ = grpo_run
     sft, grpo, ref = lora_tensors(sft_run), lora_tensors(path), lora_tensors(path / "ref")
@@ -236,11 +248,27 @@ def test_cli_runs_sft_on_the_embedded_model(tmp_path, capsys):
     assert "adapter saved" in capsys.readouterr().out
 
 
+def test_cli_ablation_switches_a_reward_term_off_into_its_own_folder(tmp_path, monkeypatch):
+    data, adapter = tmp_path / "rl-data", tmp_path / "sft"
+    rl_rows(12).save_to_disk(str(data))
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(train, "train_grpo", lambda preset, rows, sft, output, resume: calls.append(
+        (preset, len(rows), sft, output)) or output)
+    train.main(["grpo", "--preset", "smoke", "--dataset", str(data), "--sft-adapter", str(adapter),
+                "--ablation", "no_alignment"])
+    preset, rows, sft, output = calls[0]
+    assert (preset.reward_alignment, preset.reward_utility) == (False, True)
+    assert output == train.adapter_dir(preset, "grpo-no_alignment") and sft == adapter
+    assert rows == len(train.load_records(data, preset)["train"])  # the notebook's rows, not all of them
+
+
 def test_cli_help_explains_the_options(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     text = capsys.readouterr().out
-    for option in ("sft", "grpo", "--preset", "--dataset", "--output", "--max-steps", "accelerate launch"):
+    for option in ("sft", "grpo", "--preset", "--dataset", "--output", "--max-steps", "--ablation", "accelerate launch"):
         assert option in text
 
 
@@ -256,3 +284,9 @@ def test_training_curves_plot_each_series(grpo_run, sft_run):
     assert reward_labels == {"total", "variety"}  # one function: its mean would repeat the total
     failures = plots.plot_format_failures(grpo_log).axes[0].lines[0]
     assert list(failures.get_xdata()) == [1, 2, 3, 4]
+
+
+def test_most_trained_is_the_full_reward_model_not_an_ablation():
+    found = {"zero-shot": 0, "SFT": 1, "SFT+GRPO": 2, "GRPO no utility": 3, "GRPO no alignment": 4}
+    assert train.most_trained(found) == "SFT+GRPO"
+    assert train.most_trained({"zero-shot": 0, "SFT": 1}) == "SFT"
