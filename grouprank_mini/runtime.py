@@ -51,14 +51,25 @@ def configure_environment() -> None:
 
 
 def setup(preset) -> None:
-    """Fix torch's thread count and every seed from the preset (call once per process/notebook)."""
+    """Fix torch's thread count and every seed from the preset (call once per process/notebook).
+    $GROUPRANK_THREADS, when set, wins over the preset's `threads` (e.g. on a machine shared with other jobs)."""
     import numpy as np
     import torch
 
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # per-tensor loading bars say nothing in a notebook
-    torch.set_num_threads(preset.threads)
+    torch.set_num_threads(threads(preset))
     random.seed(preset.seed)
     np.random.seed(preset.seed)
     torch.manual_seed(preset.seed)
+
+
+def threads(preset) -> int:
+    """The torch thread count a process uses: $GROUPRANK_THREADS, or else the preset's."""
+    value = os.environ.get("GROUPRANK_THREADS", "").strip()
+    if not value:
+        return preset.threads
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"GROUPRANK_THREADS must be a whole number >= 1, got {value!r}")
+    return int(value)

@@ -235,3 +235,16 @@ def test_split_uses_judged_queries_only(cisi):
 def test_split_ignores_query_order(toy):
     shuffled = Collection("toy", toy.docs, dict(reversed(list(toy.queries.items()))), toy.qrels)
     assert split_queries(toy, 3, 0.5, 0.0) == split_queries(shuffled, 3, 0.5, 0.0)
+
+
+def test_thread_count_comes_from_the_environment_or_the_preset(monkeypatch):
+    from grouprank_mini import get_preset, runtime
+
+    preset = get_preset("cpu")
+    monkeypatch.delenv("GROUPRANK_THREADS", raising=False)
+    assert runtime.threads(preset) == preset.threads
+    monkeypatch.setenv("GROUPRANK_THREADS", "1")
+    assert runtime.threads(preset) == 1
+    monkeypatch.setenv("GROUPRANK_THREADS", "two")
+    with pytest.raises(ValueError, match="GROUPRANK_THREADS"):
+        runtime.threads(preset)
