@@ -66,13 +66,15 @@ def _natural_key(text: str):
 
 def load_collection(spec: str, root: Path | None = None) -> Collection:
     """Load a collection by name: cranfield, cisi, adi, vaswani, beir:<folder>,
-    bright:<domain>[:long], r2med:<Task>."""
+    bright:<domain>[:long], r2med:<Task>. `root` is the folder holding the classic collections,
+    or, for bright/r2med, a local folder shaped like the hub repository (else the hub is used)."""
     kind, _, arg = spec.partition(":")
     if kind == "beir":
         return load_beir(Path(arg))
     if kind in ("bright", "r2med"):
         from . import hubdata
-        return hubdata.load_bright(arg) if kind == "bright" else hubdata.load_r2med(arg)
+        local = {} if root is None else {"source": str(root)}
+        return hubdata.load_bright(arg, **local) if kind == "bright" else hubdata.load_r2med(arg, **local)
     if kind not in LOCAL:
         raise KeyError(f"unknown collection {spec!r}; choose from {sorted(LOCAL)} or beir:/bright:/r2med:")
     return LOCAL[kind]((root or data_dir()) / kind)

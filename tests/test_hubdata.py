@@ -233,3 +233,11 @@ def test_r2med_demo_rows(tmp_path):
 def test_hub_id_while_offline_says_how_to_go_online(spec):
     with pytest.raises(HubOfflineError, match="GROUPRANK_ONLINE=1"):
         load_collection(spec)
+
+
+def test_load_collection_reads_a_local_hub_shaped_folder(bright_repo, tmp_path):
+    from grouprank_mini.data import load_collection
+
+    assert load_collection("bright:biology", root=bright_repo).docs == load_bright("biology", source=bright_repo).docs
+    r2med = load_collection("r2med:Medical-Sciences", root=write_r2med(tmp_path / "Medical-Sciences"))
+    assert r2med.name == "r2med:Medical-Sciences" and r2med.qrels
