@@ -61,7 +61,8 @@ import transformers
 
 from grouprank_mini import data, evaluate, get_preset, groups, models, plots, retrieval, runtime
 from grouprank_mini.parsing import ParsedGroup, answer_region, tags_ok
-from grouprank_mini.rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker
+from grouprank_mini.rerank import (GenerationStats, GroupwiseReranker, ListwiseReranker, PointwiseReranker,
+                                   per_query_costs)
 
 # The paper's measured speed-ups of GroupRank (GROUPRANK.md §5) and the issue's throughput bar.
 TARGET_VS_LISTWISE, TARGET_VS_POINTWISE, TARGET_CEILING = 6.4, 2.4, 0.5
@@ -192,13 +193,10 @@ def quality(run, collection, qids) -> dict:
 
 def costs(result: dict, n: int) -> dict:
     """What one paradigm spent per query, summed over all chunks."""
-    s = result["stats"]
-    return {"seconds/query": result["seconds"] / n,
+    stats = GenerationStats(**result["stats"])
+    return {**per_query_costs(stats, result["seconds"], n),
             "median chunk seconds/query": statistics.median(result["chunk seconds/query"]),
-            "calls/query": s["calls"] / n, "batches": s["batches"],
-            "prompt tokens/query": s["prompt_tokens"] / n, "generated tokens/query": s["generated_tokens"] / n,
-            "prefill seconds/query": s["prefill_seconds"] / n,
-            "prefill tokens/s": s["prompt_tokens"] / s["prefill_seconds"],
+            "batches": stats.batches, "prefill seconds/query": stats.prefill_seconds / n,
             "format failures": format_failures(result["outputs"]),
             "statuses": dict(Counter(o["status"] for o in result["outputs"] if "status" in o))}
 

@@ -330,16 +330,24 @@ def measure(reranker: Reranker, collection, run: Run, qids: list[str], depth: in
     reranker.stats.reset()
     start = time.perf_counter()
     reranked = reranker.rerank_run(collection, run, depth, qids)
-    seconds, s, n = time.perf_counter() - start, reranker.stats, max(len(qids), 1)
+    seconds = time.perf_counter() - start
     parsed = [p for _, p in reranker.last_outputs if isinstance(p, ParsedGroup)]
     return {
         "nDCG@10": evaluate(reranked, collection, qids)["nDCG@10"],
-        "seconds/query": seconds / n,
-        "calls/query": s.calls / n,
-        "prompt tokens/query": s.prompt_tokens / n,
-        "generated tokens/query": s.generated_tokens / n,
-        "prefill tokens/s": s.prompt_tokens / s.prefill_seconds if s.prefill_seconds else float("nan"),
+        **per_query_costs(reranker.stats, seconds, len(qids)),
         "answers ok": sum(p.ok for p in parsed) / len(parsed) if parsed else float("nan"),
+    }
+
+
+def per_query_costs(stats: GenerationStats, seconds: float, queries: int) -> dict[str, float]:
+    """Wall-clock seconds and the reranker's calls and tokens, per query; prefill throughput."""
+    n = max(queries, 1)
+    return {
+        "seconds/query": seconds / n,
+        "calls/query": stats.calls / n,
+        "prompt tokens/query": stats.prompt_tokens / n,
+        "generated tokens/query": stats.generated_tokens / n,
+        "prefill tokens/s": stats.prompt_tokens / stats.prefill_seconds if stats.prefill_seconds else float("nan"),
     }
 
 
