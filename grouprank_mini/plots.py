@@ -10,6 +10,21 @@ from matplotlib.figure import Figure
 from .rewards import FORMAT_FAILURE
 
 
+def show_figures_in_notebooks() -> None:
+    """Have IPython draw a returned Figure as a PNG. Importing pyplot would set this up as a
+    side effect; these helpers avoid pyplot, so they ask matplotlib-inline for it directly."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # plain Python: nothing to draw into
+        return
+    if get_ipython() is not None:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+        set_matplotlib_formats("png")
+
+
+show_figures_in_notebooks()
+
+
 # --- training curves (input: train.history(output_dir), a DataFrame indexed by step) ---------------
 
 def _curves(history, columns: dict[str, str], title: str, ylabel: str) -> Figure:

@@ -18,3 +18,13 @@ def test_sweep_plot_draws_both_axes():
     table = pd.DataFrame({"nDCG@10": [0.3, 0.4], "seconds/query": [1.0, 2.0]}, index=[1, 2])
     fig = plots.sweep_plot(table, "passes", "t")
     assert len(fig.axes) == 2 and list(fig.axes[0].lines[0].get_ydata()) == [0.3, 0.4]
+
+
+def test_returned_figures_render_as_png_in_a_notebook():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()  # what a notebook kernel runs; get_ipython() now finds it
+    fig = plots.score_histograms({"SFT": [1, 5, 9]})
+    plots.show_figures_in_notebooks()
+    data, _ = shell.display_formatter.format(fig)
+    assert data["image/png"]  # drawn, not just "<Figure size ...>"
