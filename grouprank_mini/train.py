@@ -48,7 +48,8 @@ from .synthesis import dataset_root
 STATE_FILE = "trainer_state.json"
 SFT_EVALS = 5  # eval-loss points per SFT run: a curve, at a cost that does not grow with the run
 EVAL_SPLITS = ("dev", "validation", "eval")  # the first one present is the SFT eval set
-ABLATIONS = {"no_utility": {"reward_utility": False}, "no_alignment": {"reward_alignment": False}}  # paper §5
+# The paper's reward ablation (GROUPRANK.md §4): GRPO once more with each term switched off.
+ABLATIONS = {"no_utility": {"reward_utility": False}, "no_alignment": {"reward_alignment": False}}
 
 
 # --- where things go ------------------------------------------------------------------------
@@ -56,6 +57,11 @@ ABLATIONS = {"no_utility": {"reward_utility": False}, "no_alignment": {"reward_a
 def adapter_dir(preset, stage: str) -> Path:
     """Default output folder of a stage ("sft" or "grpo"): <cache>/adapters/<preset>/<stage>."""
     return runtime.cache_dir() / "adapters" / preset.name / stage
+
+
+def grpo_dir(preset, ablation: str | None = None) -> Path:
+    """The GRPO adapter's folder: "grpo", or "grpo-<ablation>" for a run with a reward term off."""
+    return adapter_dir(preset, f"grpo-{ablation}" if ablation else "grpo")
 
 
 def dataset_dir(preset, kind: str) -> Path:
@@ -120,8 +126,12 @@ def _finished(output_dir: Path, max_steps: int, epochs: float) -> bool:
         return False
     state = json.loads(path.read_text())
     if max_steps > 0:
-        return state["global_step"] >= max_steps
-    return state["global_step"] >= state["max_steps"] and state["num_train_epochs"] >= epochs
+        done = state["global_step"] >= max_steps
+    else:
+        done = state["global_step"] >= state["max_steps"] and state["num_train_epochs"] >= epochs
+    if done:
+        print(f"training in {output_dir} already finished: reusing it (resume=False trains again)")
+    return done
 
 
 def _train_and_save(trainer, output_dir: Path, resume: bool) -> Path:
@@ -169,7 +179,6 @@ def train_sft(preset, train_ds, eval_ds=None, output_dir=None, resume=True, mode
     runtime.setup(preset)
     output_dir = Path(output_dir or adapter_dir(preset, "sft"))
     if resume and _finished(output_dir, preset.sft_max_steps, preset.sft_epochs):
-        print(f"SFT already finished in {output_dir}: reusing it (resume=False trains again)")
         return output_dir
     trainer = sft_trainer(preset, train_ds, eval_ds, output_dir, model, tokenizer, callbacks)
     return _train_and_save(trainer, output_dir, resume)
@@ -206,7 +215,7 @@ def grpo_trainer(preset, rl_ds, sft_adapter=None, output_dir=None, model=None, t
     if reward_funcs is None:
         from .rewards import make_reward_func
         reward_funcs = [make_reward_func(preset)]
-    output_dir = Path(output_dir or adapter_dir(preset, "grpo"))
+    output_dir = Path(output_dir or grpo_dir(preset))
     policy, peft_config = _grpo_model(preset, sft_adapter, model)
     return GRPOTrainer(
         model=policy,
@@ -223,9 +232,8 @@ def train_grpo(preset, rl_ds, sft_adapter=None, output_dir=None, resume=True, mo
                reward_funcs=None, callbacks=None) -> Path:
     """GRPO from the SFT adapter (or a fresh LoRA if None); returns the folder of the saved adapter."""
     runtime.setup(preset)
-    output_dir = Path(output_dir or adapter_dir(preset, "grpo"))
+    output_dir = Path(output_dir or grpo_dir(preset))
     if resume and _finished(output_dir, preset.grpo_max_steps, epochs=1):
-        print(f"GRPO already finished in {output_dir}: reusing it (resume=False trains again)")
         return output_dir
     trainer = grpo_trainer(preset, rl_ds, sft_adapter, output_dir, model, tokenizer, reward_funcs, callbacks)
     return _train_and_save(trainer, output_dir, resume)
@@ -324,7 +332,7 @@ def main(argv=None) -> Path:
     else:
         sft_adapter = _sft_adapter(args, preset)  # checked first: fail before loading anything
         rl_ds, _ = _load_dataset(args.dataset or dataset_dir(preset, "rl"), preset)
-        output = args.output or adapter_dir(preset, f"grpo-{args.ablation}" if args.ablation else "grpo")
+        output = args.output or grpo_dir(preset, args.ablation)
         preset = replace(preset, **ABLATIONS.get(args.ablation, {}))
         path = train_grpo(preset, rl_ds, sft_adapter, output, resume=not args.no_resume)
     print(f"adapter saved to {path}")
@@ -350,7 +358,7 @@ def supervised_tokens(trainer, index: int = 0) -> dict:
 
 def run_ablations(preset, rl_ds, sft_adapter) -> dict[str, Path]:
     """GRPO once more per reward term switched off (the paper's ablation); adapters by name."""
-    return {name: train_grpo(replace(preset, **switch), rl_ds, sft_adapter, output_dir=adapter_dir(preset, f"grpo-{name}"))
+    return {name: train_grpo(replace(preset, **switch), rl_ds, sft_adapter, output_dir=grpo_dir(preset, name))
             for name, switch in ABLATIONS.items()}
 
 
@@ -361,10 +369,10 @@ def most_trained(systems: dict) -> str:
 
 def trained_models(preset) -> dict:
     """The base model and every finished adapter of this preset, in training order."""
-    stages = {"SFT": "sft", "SFT+GRPO": "grpo", **{f"GRPO {name.replace('_', ' ')}": f"grpo-{name}" for name in ABLATIONS}}
+    folders = {"SFT": adapter_dir(preset, "sft"), "SFT+GRPO": grpo_dir(preset),
+               **{f"GRPO {name.replace('_', ' ')}": grpo_dir(preset, name) for name in ABLATIONS}}
     found = {"zero-shot": models.load_model(preset.model, preset.quantize_4bit, preset.trust_remote_code)}
-    for label, stage in stages.items():
-        path = adapter_dir(preset, stage)
+    for label, path in folders.items():
         if (path / "adapter_config.json").is_file():
             found[label] = load_adapter(preset, path)
         else:
