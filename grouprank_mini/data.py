@@ -1,65 +1,20 @@
-"""Test collections: one `Collection` type, loaders for classic local formats, query splits.
+"""Loading test collections: the classic local formats (SMART, TREC, BEIR) and, through
+`hubdata`, BRIGHT and R2MED; `load_collection` picks the loader from a one-word spec.
 
 Every loader reports what it skipped (``Collection.skipped``) and raises `DataError`
 naming the file and line for anything it cannot make sense of.
 """
 from __future__ import annotations
 
-import csv
 import json
-import random
 import re
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import hubdata
+# The types live in `collection` (so `hubdata` needs no import of this module); notebooks and
+# callers find them here too, next to the loaders that return them.
+from .collection import Collection, DataError, Split, preset_split, reported, split_queries, unique_id  # noqa: F401
 from .runtime import data_dir
-
-
-class DataError(ValueError):
-    """Bad input in a collection file; the message names the file and line."""
-
-    def __init__(self, path, line: int | None, message: str):
-        where = f"{path}:{line}" if line else str(path)
-        super().__init__(f"{where}: {message}")
-
-
-@dataclass
-class Collection:
-    name: str
-    docs: dict[str, str]  # doc id -> text
-    queries: dict[str, str]  # query id -> text
-    qrels: dict[str, dict[str, int]]  # query id -> doc id -> graded gain (0 = judged not relevant)
-    excluded: dict[str, set[str]] = field(default_factory=dict)  # query id -> ids never to rank
-    skipped: list[str] = field(default_factory=list)  # what the loader left out, and why
-
-    def judged_queries(self) -> list[str]:
-        """Query ids with at least one relevant document, in collection order."""
-        return [q for q in self.queries if any(g > 0 for g in self.qrels.get(q, {}).values())]
-
-    def __repr__(self) -> str:
-        return (f"Collection({self.name!r}: {len(self.docs)} docs, {len(self.queries)} queries, "
-                f"{len(self.judged_queries())} judged, {len(self.skipped)} skipped)")
-
-
-@dataclass(frozen=True)
-class Split:
-    train: list[str]
-    dev: list[str]
-    test: list[str]
-
-
-def split_queries(collection: Collection, seed: int, test_fraction: float, dev_fraction: float) -> Split:
-    """Deterministic train/dev/test split of the judged queries (same seed, same split)."""
-    qids = sorted(collection.judged_queries(), key=_natural_key)
-    random.Random(seed).shuffle(qids)
-    n_test = round(len(qids) * test_fraction)
-    n_dev = round(len(qids) * dev_fraction)
-    return Split(train=qids[n_test + n_dev:], dev=qids[n_test:n_test + n_dev], test=qids[:n_test])
-
-
-def _natural_key(text: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 # --- dispatch ------------------------------------------------------------------------------
@@ -72,7 +27,6 @@ def load_collection(spec: str, root: Path | None = None) -> Collection:
     if kind == "beir":
         return load_beir(Path(arg))
     if kind in ("bright", "r2med"):
-        from . import hubdata
         local = {} if root is None else {"source": str(root)}
         return hubdata.load_bright(arg, **local) if kind == "bright" else hubdata.load_r2med(arg, **local)
     if kind not in LOCAL:
@@ -146,7 +100,7 @@ def load_cranfield(folder: Path) -> Collection:
     raw_queries, order = _smart_queries(folder / "cran.qry")
     queries = {str(i): raw_queries[qid] for i, qid in enumerate(order, start=1)}
     qrels = _read_qrels(folder / "cranqrel", queries, docs, skipped, columns=(0, 1, 2), gain=_cranfield_gain)
-    return Collection("cranfield", docs, queries, qrels, skipped=_reported(skipped))
+    return Collection("cranfield", docs, queries, qrels, skipped=reported(skipped))
 
 
 def _cranfield_gain(code: str) -> int:
@@ -164,7 +118,7 @@ def _smart_binary(name: str, docs_file: str, queries_file: str, qrels_file: str)
         docs = _smart_docs(folder / docs_file, skipped)
         queries, _ = _smart_queries(folder / queries_file)
         qrels = _read_qrels(folder / qrels_file, queries, docs, skipped, columns=(0, 1, None), gain=lambda _: 1)
-        return Collection(name, docs, queries, qrels, skipped=_reported(skipped))
+        return Collection(name, docs, queries, qrels, skipped=reported(skipped))
     load.__doc__ = f"{name.upper()}: SMART files, every listed judgment is relevant (gain 1)."
     return load
 
@@ -192,7 +146,7 @@ def load_vaswani(folder: Path) -> Collection:
     docs = _unique(read_trec_sgml(docs_path, "DOC", "DOCNO"), docs_path, "document", skipped)
     queries = _unique(read_trec_sgml(query_path, "TOP", "NUM"), query_path, "query", skipped)
     qrels = _read_qrels(folder / "qrels", queries, docs, skipped, columns=(0, 2, 3), gain=int)
-    return Collection("vaswani", docs, queries, qrels, skipped=_reported(skipped))
+    return Collection("vaswani", docs, queries, qrels, skipped=reported(skipped))
 
 
 def _unique(rows, path, what, skipped) -> dict[str, str]:
@@ -213,20 +167,13 @@ def load_beir(folder: Path, qrels_split: str = "test") -> Collection:
     skipped: list[str] = []
     docs = {}
     for line, row in _read_jsonl(folder / "corpus.jsonl", ("_id", "text")):
-        docs[_new_id(docs, row["_id"], folder / "corpus.jsonl", line)] = _clean(f"{row.get('title') or ''} {row['text']}")
+        docs[unique_id(docs, row["_id"], folder / "corpus.jsonl", line)] = _clean(f"{row.get('title') or ''} {row['text']}")
     queries = {}
     for line, row in _read_jsonl(folder / "queries.jsonl", ("_id", "text")):
-        queries[_new_id(queries, row["_id"], folder / "queries.jsonl", line)] = _clean(row["text"])
+        queries[unique_id(queries, row["_id"], folder / "queries.jsonl", line)] = _clean(row["text"])
     qrels = _read_qrels(folder / "qrels" / f"{qrels_split}.tsv", queries, docs, skipped,
                         columns=(0, 1, 2), gain=lambda s: int(float(s)), header=True)
-    return Collection(f"beir:{folder.name}", docs, queries, qrels, skipped=_reported(skipped))
-
-
-def _new_id(seen: dict, item_id, path, line) -> str:
-    item_id = str(item_id)
-    if item_id in seen:
-        raise DataError(path, line, f"duplicate id {item_id}")
-    return item_id
+    return Collection(f"beir:{folder.name}", docs, queries, qrels, skipped=reported(skipped))
 
 
 def _read_jsonl(path: Path, required: tuple[str, ...]):
@@ -286,12 +233,6 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _reported(skipped: list[str]) -> list[str]:
-    if skipped:
-        warnings.warn(f"{len(skipped)} item(s) skipped while loading; first: {skipped[0]}", stacklevel=3)
-    return skipped
-
-
 LOCAL = {
     "cranfield": load_cranfield,
     "cisi": _smart_binary("cisi", "CISI.ALL", "CISI.QRY", "CISI.REL"),
@@ -299,9 +240,3 @@ LOCAL = {
     "vaswani": load_vaswani,
 }
 
-
-def preset_split(collection: Collection, preset) -> Split:
-    """The preset's split; `eval_queries` keeps only the first N test queries (for fast presets)."""
-    split = split_queries(collection, preset.split_seed, preset.test_fraction, preset.dev_fraction)
-    test = split.test[:preset.eval_queries] if preset.eval_queries else split.test
-    return Split(train=split.train, dev=split.dev, test=test)

@@ -1,10 +1,14 @@
 """Evaluation through ir-measures: nDCG@10, Recall@k, MRR@10, MAP on judged queries."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import ir_measures
 from ir_measures import AP, RR, R, nDCG
 
-from .data import Collection
+from .collection import Collection
+from .runtime import write_atomic
 
 DEFAULT_MEASURES = (nDCG @ 10, R @ 10, RR @ 10, AP)
 
@@ -48,14 +52,8 @@ def results_table(runs: dict, collection: Collection, qids=None, measures=DEFAUL
 
 def save_results(run_dir, section: str, values: dict) -> dict:
     """Merge `values` under `section` into run_dir/results.json (what `make demo` summarises)."""
-    import json
-    from pathlib import Path
-
     path = Path(run_dir) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(path.read_text()) if path.exists() else {}
     results[section] = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in values.items()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(results, indent=2))
     return results

@@ -1,9 +1,9 @@
-"""Cutting candidates into groups, and merging group scores into one ranking (GROUPRANK.md §1)."""
+"""Cutting candidates into groups, and merging group scores into one ranking (docs/paper.md §1)."""
 from __future__ import annotations
 
 import random
 
-from .retrieval import minmax, ranked_ids
+from .runs import minmax, ranked_ids
 
 
 def make_groups(n_items: int, group_size: int, seed: int) -> list[list[int]]:

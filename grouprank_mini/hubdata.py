@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from .data import Collection, DataError
+from .collection import Collection, DataError, unique_id
 
 BRIGHT_SOURCE = "xlangai/BRIGHT"
 # BRIGHT writes excluded_ids = ["N/A"] for "nothing to exclude"; it is not a document id.
@@ -46,7 +46,7 @@ def load_bright(spec: str, source: str = BRIGHT_SOURCE) -> Collection:
 def _bright_examples(rows, where: str, docs: dict[str, str], gold_field: str):
     queries, qrels, excluded = {}, {}, {}
     for number, row in _checked_rows(rows, where, ("id", "query", "excluded_ids", gold_field)):
-        qid = _new_id(queries, row["id"], where, number)
+        qid = unique_id(queries, row["id"], f"{where}: row {number}")
         queries[qid] = _non_empty(row["query"], "query", where, number)
         gold = _id_list(row[gold_field], gold_field, where, number)
         unknown = [doc_id for doc_id in gold if doc_id not in docs]
@@ -179,16 +179,9 @@ def _plain_rows(dataset):
 def _texts_by_id(rows, where: str, text_field: str) -> dict[str, str]:
     texts: dict[str, str] = {}
     for number, row in _checked_rows(rows, where, ("id", text_field)):
-        item_id = _new_id(texts, row["id"], where, number)
+        item_id = unique_id(texts, row["id"], f"{where}: row {number}")
         texts[item_id] = _non_empty(row[text_field], text_field, where, number)
     return texts
-
-
-def _new_id(seen: dict, item_id, where: str, number: int) -> str:
-    item_id = str(item_id)
-    if item_id in seen:
-        raise _row_error(where, number, f"duplicate id {item_id!r}")
-    return item_id
 
 
 def _non_empty(text, field_name: str, where: str, number: int) -> str:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from .rewards import FORMAT_FAILURE
-
 
 def show_figures_in_notebooks() -> None:
     """Have IPython draw a returned Figure as a PNG. Importing pyplot would set this up as a
@@ -62,8 +60,9 @@ def plot_rewards(history, columns: dict[str, str] | None = None) -> Figure:
     return _curves(history, columns or reward_columns(history), "Reward", "mean over completions")
 
 
-def plot_format_failures(history, column: str = FORMAT_FAILURE) -> Figure:
-    """Share of completions whose answer could not be read, over steps."""
+def plot_format_failures(history, column: str) -> Figure:
+    """Share of completions whose answer could not be read, over steps (`column`: the metric
+    the reward logs it as, rewards.FORMAT_FAILURE)."""
     fig = _curves(history, {column: "format failures"}, "Format failures", "share of completions")
     fig.axes[0].set_ylim(-0.02, 1.02)
     return fig
@@ -85,7 +84,7 @@ def per_query_bars(per_query: dict[str, float], title: str = "nDCG@10 per test q
 
 
 def quality_vs_speed(table) -> Figure:
-    """nDCG@10 against seconds per query, one labelled point per paradigm (rerank.compare_paradigms)."""
+    """nDCG@10 against seconds per query, one labelled point per paradigm (experiments.compare_paradigms)."""
     fig = Figure(figsize=(5.5, 3.5), layout="constrained")
     ax = fig.add_subplot()
     for name, row in table.iterrows():
@@ -134,7 +133,7 @@ def sweep_plot(table, field: str, title: str) -> Figure:
 
 
 def calibration_plot(table) -> Figure:
-    """Model score per human gain level (rerank.score_calibration): rising boxes = comparable scores."""
+    """Model score per human gain level (experiments.score_calibration): rising boxes = comparable scores."""
     fig = Figure(figsize=(5.5, 3.2), layout="constrained")
     ax = fig.add_subplot()
     gains = sorted(table["gain"].unique())

@@ -2,7 +2,7 @@
 
 Chat messages (``[{"role": ..., "content": ...}]``) are returned, so the same prompt
 works with any instruct model's chat template and with TRL's conversational datasets.
-The wording is this kit's own; the format follows GroupRank (GROUPRANK.md §2).
+The wording is this kit's own; the format follows GroupRank (docs/paper.md §2).
 """
 from __future__ import annotations
 

@@ -1,32 +1,18 @@
-"""First-stage retrieval: BM25 (bm25s), dense (all-MiniLM-L6-v2), and their hybrid.
-
-A *run* is ``{query id: {doc id: score}}``, the dict-of-dicts ir-measures reads directly.
-"""
+"""First-stage retrieval: BM25 (bm25s), dense (all-MiniLM-L6-v2), and their hybrid; each
+returns a run (see `runs`)."""
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .data import Collection
-from .runtime import cache_dir
-
-Run = dict[str, dict[str, float]]
-
-
-def ranked_ids(scores: dict[str, float]) -> list[str]:
-    """Doc ids best first; ties broken by id so every ranking is deterministic."""
-    return sorted(scores, key=lambda doc_id: (-scores[doc_id], doc_id))
-
-
-def top_k(run: Run, k: int) -> Run:
-    return {qid: {d: scores[d] for d in ranked_ids(scores)[:k]} for qid, scores in run.items()}
+from .collection import Collection
+from .runs import Run, minmax, ranked_ids
+from .runtime import KitWarning, atomic_path, cache_dir
 
 
 class BM25:
@@ -84,7 +70,7 @@ class Dense:
         self.from_cache = self.matrix is not None
         if self.matrix is None:
             self.matrix = self.encode(list(collection.docs.values()), batch_size)
-            _save_atomically(self.cache_path, self.matrix)
+            _save_matrix(self.cache_path, self.matrix)
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
@@ -116,29 +102,14 @@ def _load_matrix(path: Path, rows: int) -> np.ndarray | None:
     return matrix
 
 
-def _save_atomically(path: Path, matrix: np.ndarray) -> None:
-    """Write to a temporary file and rename it: an interrupted write never leaves a file under
-    the final name (and a damaged one is caught by `_load_matrix` and recomputed)."""
+def _save_matrix(path: Path, matrix: np.ndarray) -> None:
+    """Write atomically: an interrupted write never leaves a file under the final name (and a
+    damaged one is caught by `_load_matrix` and recomputed)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                np.save(out, matrix)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
+            np.save(out, matrix)
     except OSError as err:  # the cache only saves time: a read-only disk must not stop retrieval
-        warnings.warn(f"could not cache embeddings at {path}: {err}", stacklevel=3)
-
-
-def minmax(scores: dict[str, float]) -> dict[str, float]:
-    """Min-max normalise one query's scores to [0, 1] (all equal -> all 1)."""
-    if not scores:
-        return {}
-    low, high = min(scores.values()), max(scores.values())
-    span = high - low
-    return {d: (s - low) / span if span else 1.0 for d, s in scores.items()}
+        warnings.warn(f"could not cache embeddings at {path}: {err}", KitWarning, stacklevel=3)
 
 
 def hybrid(bm25_run: Run, dense_run: Run, alpha: float = 0.5, k: int = 100) -> Run:

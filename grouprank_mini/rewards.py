@@ -1,4 +1,4 @@
-"""GroupRank's GRPO reward (GROUPRANK.md §4) as plain functions with TRL's reward signature.
+"""GroupRank's GRPO reward (docs/paper.md §4) as plain functions with TRL's reward signature.
 
 For one completion scoring a group of n documents:
 
@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from .parsing import parse_group_scores
 
@@ -160,14 +161,24 @@ def normalized_ndcg(pred_scores: list[float], gains: list[float], k: int = CUTOF
     return min(1.0, max(0.0, (ndcg - initial) / (best - initial)))
 
 
-def ranking_utility(pred_scores: list[float], gains: list[float], relevant: list[int] | None = None,
-                    k: int = CUTOFF, gamma: float = GAMMA, normalized: bool = False) -> float:
-    """The paper's "ranking utility" NDCG@k + γ·Recall@k (NDCG → normalised gain if asked).
+class Utility(NamedTuple):
+    """The ranking utility's two terms; `total` is the utility itself."""
 
-    Recall's relevant documents are the `relevant` marks when given, else the positive gains.
+    ndcg: float  # NDCG@k, or REARANK's normalised gain
+    recall: float  # γ·Recall@k
+
+    @property
+    def total(self) -> float:
+        return self.ndcg + self.recall
+
+
+def ranking_utility(pred_scores: list[float], gains: list[float], relevant: list[int] | None = None,
+                    k: int = CUTOFF, gamma: float = GAMMA, normalized: bool = False) -> Utility:
+    """The paper's "ranking utility" NDCG@k + γ·Recall@k (NDCG → normalised gain if asked),
+    term by term. Recall's relevant documents are the `relevant` marks when given, else the positive gains.
     """
     ndcg = normalized_ndcg(pred_scores, gains, k) if normalized else ndcg_at_k(pred_scores, gains, k)
-    return ndcg + gamma * recall_at_k(pred_scores, gains if relevant is None else relevant, k)
+    return Utility(ndcg, gamma * recall_at_k(pred_scores, gains if relevant is None else relevant, k))
 
 
 # --- group alignment: ε·(1 - JS(P‖Q)) -----------------------------------------------------------
@@ -217,12 +228,8 @@ def score_completion(text: str, target_scores: list[float], gains: list[float] |
     if parsed.status in UNREADABLE:
         return RewardBreakdown(parsed.status, gate, 0.0, 0.0, 0.0, gate)
     pred = parsed.scores
-    ndcg = recall = align = 0.0
-    if utility:
-        ndcg = normalized_ndcg(pred, gains, k) if normalized_gain else ndcg_at_k(pred, gains, k)
-        recall = GAMMA * recall_at_k(pred, relevant, k)
-    if alignment:
-        align = group_alignment(pred, target_scores)
+    ndcg, recall = ranking_utility(pred, gains, relevant, k, normalized=normalized_gain) if utility else (0.0, 0.0)
+    align = group_alignment(pred, target_scores) if alignment else 0.0
     return RewardBreakdown(parsed.status, gate, ndcg, recall, align, gate + ndcg + recall + align)
 
 

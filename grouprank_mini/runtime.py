@@ -1,12 +1,23 @@
-"""Where things live and how the process is set up: folders, offline mode, threads, seeds."""
+"""Where things live and how the process is set up: every folder, offline mode, threads, seeds,
+and the one way the kit writes a file or folder so that an interruption never leaves half of it."""
 from __future__ import annotations
 
 import os
 import random
+import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+
+class KitWarning(UserWarning):
+    """What the kit itself warns about (skipped documents, an unwritable cache). Notebooks hide
+    third-party warnings but always show these (see `notebook.start`)."""
+
+
+# --- folders -------------------------------------------------------------------------------------
 
 def cache_dir() -> Path:
     """Ignored folder for converted weights, teacher caches, datasets and adapters."""
@@ -28,6 +39,64 @@ def data_dir() -> Path:
         "free to download from the Glasgow IR resources page (ir.dcs.gla.ac.uk/resources/test_collections)."
     )
 
+
+def dataset_root(preset) -> Path:
+    """Where synthesis saves a preset's datasets: <cache>/datasets/<preset>-<collection>/
+    holding sft/, rl/, card.md and histograms.png."""
+    return cache_dir() / "datasets" / f"{preset.name}-{re.sub(r'[:/]', '_', preset.collection)}"
+
+
+def dataset_dir(preset, kind: str) -> Path:
+    """The saved "sft" or "rl" dataset of a preset."""
+    return dataset_root(preset) / kind
+
+
+def adapter_dir(preset, stage: str) -> Path:
+    """Default output folder of a training stage ("sft" or "grpo"): <cache>/adapters/<preset>/<stage>."""
+    return cache_dir() / "adapters" / preset.name / stage
+
+
+def grpo_dir(preset, ablation: str | None = None) -> Path:
+    """The GRPO adapter's folder: "grpo", or "grpo-<ablation>" for a run with a reward term off."""
+    return adapter_dir(preset, f"grpo-{ablation}" if ablation else "grpo")
+
+
+# --- writing without half-written results ---------------------------------------------------------
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary sibling of `path` to write a file or a folder into; when the block ends
+    without an error it takes the place of `path` in one rename, else it is removed. A reader
+    therefore sees the old content or the new, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            _remove(path)  # os.replace cannot put a folder over a non-empty folder
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through `atomic_path`, flushed to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# --- the process -----------------------------------------------------------------------------------
 
 def configure_environment() -> None:
     """Keep Hugging Face, matplotlib and Jupyter state inside the project and work offline.

@@ -1,4 +1,4 @@
-"""Answer-free data synthesis (GROUPRANK.md §3): pools -> teachers -> fusion -> groups -> records.
+"""Answer-free data synthesis (docs/paper.md §3): pools -> teachers -> fusion -> groups -> records.
 
 One function per step, so notebook 01 can run them cell by cell; `build_datasets` chains
 them and saves the SFT and RL datasets with a data card. Only train-split queries are used.
@@ -26,10 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import re
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +36,9 @@ from tqdm.auto import tqdm
 from . import prompts
 from .data import Collection, load_collection, preset_split
 from .evaluate import evaluate
-from .retrieval import BM25, Dense, Run, hybrid, ranked_ids
-from .runtime import cache_dir
+from .retrieval import BM25, Dense, hybrid
+from .runs import Run, from_orders, ranked_ids
+from .runtime import atomic_path, dataset_root
 from .teachers import CachedTeacher, make_teacher, model_id_of, teacher_backend, teacher_model_name
 
 # Preset fields that change the synthesised data: a finished dataset is reused only if they match.
@@ -217,11 +215,6 @@ def make_records(collection: Collection, fused: dict[str, list[str]], preset) ->
 
 # --- 6. validation (paper Table 9) -------------------------------------------------------------------------
 
-def ranking_run(rankings: dict[str, list[str]]) -> Run:
-    """Ordered lists as a run: higher score for earlier documents."""
-    return {qid: {doc_id: float(len(order) - i) for i, doc_id in enumerate(order)} for qid, order in rankings.items()}
-
-
 def validation_table(collection: Collection, rankings: dict[str, dict[str, list[str]]]):
     """nDCG@10 of each named ranking of the pools, judged by the human qrels of the same queries.
 
@@ -229,7 +222,7 @@ def validation_table(collection: Collection, rankings: dict[str, dict[str, list[
     """
     import pandas as pd
 
-    rows = {name: {"nDCG@10": evaluate(ranking_run(ranked), collection, qids=list(ranked))["nDCG@10"],
+    rows = {name: {"nDCG@10": evaluate(from_orders(ranked), collection, qids=list(ranked))["nDCG@10"],
                    "queries": len(ranked)}
             for name, ranked in rankings.items()}
     table = pd.DataFrame(rows).T
@@ -246,11 +239,6 @@ def validation_rankings(pools, pointwise, listwise, fused, teachers, beta) -> di
 
 
 # --- 7. saving ------------------------------------------------------------------------------------------------
-
-def dataset_root(preset) -> Path:
-    """cache_dir()/datasets/<preset>-<collection>/ holding sft/, rl/, card.md and histograms.png."""
-    return cache_dir() / "datasets" / f"{preset.name}-{re.sub(r'[:/]', '_', preset.collection)}"
-
 
 def synthesis_fingerprint(preset, collection: Collection, backend=None) -> str:
     """Hash of everything the datasets depend on: preset fields, the collection, prompts, LLM."""
@@ -272,17 +260,14 @@ def save_datasets(root: Path, sft: list[dict], rl: list[dict], summary: dict, ta
 
     from .plots import synthesis_histograms
 
-    partial = root.with_name(root.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    Dataset.from_list(sft).save_to_disk(str(partial / "sft"))
-    Dataset.from_list(rl).save_to_disk(str(partial / "rl"))
     sizes, scores = [len(r["doc_ids"]) for r in sft], [s for r in sft for s in r["target_scores"]]
-    synthesis_histograms(sizes, scores).savefig(partial / "histograms.png", dpi=100)
-    table.to_csv(partial / "validation.csv")
-    (partial / "card.md").write_text(data_card(summary, sizes, scores, table), encoding="utf-8")
-    (partial / "build.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(partial, root)
+    with atomic_path(root) as partial:
+        Dataset.from_list(sft).save_to_disk(str(partial / "sft"))
+        Dataset.from_list(rl).save_to_disk(str(partial / "rl"))
+        synthesis_histograms(sizes, scores).savefig(partial / "histograms.png", dpi=100)
+        table.to_csv(partial / "validation.csv")
+        (partial / "card.md").write_text(data_card(summary, sizes, scores, table), encoding="utf-8")
+        (partial / "build.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return finished_result(root, reused=False)
 
 

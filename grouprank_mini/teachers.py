@@ -1,17 +1,15 @@
-"""Teachers for answer-free data synthesis (GROUPRANK.md §3), their disk cache, and an endpoint backend.
+"""Teachers for answer-free data synthesis (docs/paper.md §3), and their disk cache.
 
 A teacher orders a candidate pool for a query, best first. It never sees an answer or a
 human judgment, except `HumanTeacher`, the supervised upper bound, which is labelled so.
 
-- `PointwiseLLMTeacher`: one document per call (the groupwise prompt with one document),
-  an integer 0-10 each; documents with equal scores keep their pool order.
-- `ListwiseLLMTeacher`: RankGPT-style permutation of the pool; a pool longer than the
-  window is ranked by a sliding window from back to front (see `window_starts`).
+- `PointwiseLLMTeacher`, `ListwiseLLMTeacher`: a pointwise or listwise reranker of the pool
+  (rerank.py: the same prompts, window schedule and parsing as the rerankers), with no
+  retriever in its scores (weight 0): the pool's hybrid order only breaks ties.
 - `DenseTeacher` (MiniLM cosine), `BM25Teacher`: offline stand-ins for an LLM teacher.
 
-Both LLM teachers take any *chat backend*: an object whose ``generate(list of chat
-message lists, max_new_tokens=None) -> list[str]``: rerank.LLM for a local Hugging Face
-model, `EndpointBackend` for any OpenAI-compatible server; `teacher_backend` builds the
+LLM teachers run on any backend the rerankers take: `llm.LLM` for a local Hugging Face model,
+`endpoint.EndpointBackend` for an OpenAI-compatible server; `teacher_backend` builds the
 preset's (`teacher_model`, `teacher_endpoint`).
 
 `CachedTeacher` stores every ranking on disk, so an interrupted run loses nothing and a
@@ -22,20 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from http.client import HTTPException
 from pathlib import Path
 from typing import Protocol
 
-from . import prompts
-from .groups import window_starts
-from .parsing import parse_group_scores, parse_permutation
-from .runtime import cache_dir
+from . import llm, prompts
+from .endpoint import EndpointBackend
+from .rerank import ListwiseReranker, PointwiseReranker
+from .runs import rank_by_scores
+from .runtime import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -54,81 +47,63 @@ class Teacher(Protocol):
         """`doc_ids` reordered best first."""
 
 
-def rank_by_scores(doc_ids: list[str], scores: list[float]) -> list[str]:
-    """Ids by descending score; equal scores keep the given (pool = hybrid retriever) order."""
-    order = sorted(range(len(doc_ids)), key=lambda i: -scores[i])  # sorted() is stable
-    return [doc_ids[i] for i in order]
-
-
-# --- LLM teachers -----------------------------------------------------------------------------
+# --- LLM teachers: rerankers of the pool --------------------------------------------------------
 
 def model_id_of(backend) -> str:
-    """A backend's model name for cache keys: EndpointBackend.model_id, or rerank.LLM's preset.model."""
-    preset = getattr(backend, "preset", None)
-    return getattr(backend, "model_id", None) or getattr(preset, "model", type(backend).__name__)
+    """A backend's model name for cache keys (`model_id` of llm.LLM and EndpointBackend)."""
+    return getattr(backend, "model_id", type(backend).__name__)
 
 
-class PointwiseLLMTeacher:
+class _RerankerTeacher:
+    """A teacher that is a reranker of the pool: the reranker's ranking, pool order breaking ties."""
+
+    answer_free = True
+    name = "llm"
+
+    def __init__(self, reranker, model_id: str | None):
+        self.reranker = reranker
+        self.model_id = model_id or model_id_of(reranker.backend)
+
+    def identity(self) -> dict:
+        return {"name": self.name, "model": self.model_id, "doc_max_chars": self.reranker.preset.doc_max_chars}
+
+    def rank(self, query: str, doc_ids: list[str], texts: list[str]) -> list[str]:
+        return [doc_id for doc_id, _ in self.reranker.rank(query, dict(zip(doc_ids, texts))).ranking]
+
+
+def _teacher_preset(preset):
+    """A teacher's scores are its own (no retriever weight), answer-only, from one pass."""
+    return replace(preset, retriever_weight=0.0, reasoning=False, passes=1)
+
+
+class PointwiseLLMTeacher(_RerankerTeacher):
     """One document per prompt, scored 0-10 and sorted (the paper's Qwen3-235B role).
 
     ``scoring="logprob"`` reads each score as the expected digit from one forward pass
-    (rerank.LLM.slot_scores; local models only) instead of generating it: continuous
-    scores, hence fewer ties, and no free-text parsing.
+    (local models only) instead of generating it: continuous scores, hence fewer ties, and
+    no free-text parsing.
     """
 
     name = "llm-pointwise"
-    answer_free = True
 
-    def __init__(self, backend, doc_max_chars: int, scoring: str = "generate", model_id: str | None = None):
-        if scoring not in ("generate", "logprob"):
-            raise ValueError("scoring must be 'generate' or 'logprob'")
-        self.backend, self.doc_max_chars, self.scoring = backend, doc_max_chars, scoring
-        self.model_id = model_id or model_id_of(backend)
+    def __init__(self, backend, preset, scoring: str = "generate", model_id: str | None = None):
+        super().__init__(PointwiseReranker(backend, _teacher_preset(preset), scoring), model_id)
 
     def identity(self) -> dict:
-        return {"name": self.name, "model": self.model_id, "doc_max_chars": self.doc_max_chars, "scoring": self.scoring}
-
-    def rank(self, query: str, doc_ids: list[str], texts: list[str]) -> list[str]:
-        messages = [prompts.groupwise_messages(query, [text], self.doc_max_chars) for text in texts]
-        return rank_by_scores(doc_ids, self._scores(messages))
-
-    def _scores(self, messages: list[list[dict]]) -> list[float]:
-        if self.scoring == "logprob":
-            return [slots[0] for slots in self.backend.slot_scores(messages, [1] * len(messages))]
-        replies = self.backend.generate(messages, max_new_tokens=24)  # '<answer>{"[1]": 10}</answer>' is ~15 tokens
-        return [parse_group_scores(reply, 1).scores[0] for reply in replies]
+        return {**super().identity(), "scoring": self.reranker.scoring}
 
 
-class ListwiseLLMTeacher:
-    """Ranks the whole pool as a permutation (the paper's Gemini-2.5-Pro role).
-
-    Merge for pools longer than `window`: start from the pool's hybrid order and rerank
-    windows from the bottom up; each window's best `window - step` documents move on into
-    the next, overlapping window, so strong documents bubble to the top in one sweep
-    (RankGPT). Ids the model drops keep their relative order at the end of their window.
-    """
+class ListwiseLLMTeacher(_RerankerTeacher):
+    """Ranks the whole pool as a permutation (the paper's Gemini-2.5-Pro role), by the
+    listwise reranker's sliding window when the pool is longer than `window`."""
 
     name = "llm-listwise"
-    answer_free = True
 
-    def __init__(self, backend, doc_max_chars: int, window: int = 20, step: int = 10, model_id: str | None = None):
-        if not 0 < step <= window:
-            raise ValueError("need 0 < step <= window")
-        self.backend, self.doc_max_chars, self.window, self.step = backend, doc_max_chars, window, step
-        self.model_id = model_id or model_id_of(backend)
+    def __init__(self, backend, preset, window: int = 20, step: int = 10, model_id: str | None = None):
+        super().__init__(ListwiseReranker(backend, _teacher_preset(preset), window, step), model_id)
 
     def identity(self) -> dict:
-        return {"name": self.name, "model": self.model_id, "doc_max_chars": self.doc_max_chars,
-                "window": self.window, "step": self.step}
-
-    def rank(self, query: str, doc_ids: list[str], texts: list[str]) -> list[str]:
-        order = list(range(len(doc_ids)))
-        for start in window_starts(len(order), self.window, self.step):
-            span = order[start:start + self.window]
-            messages = prompts.listwise_messages(query, [texts[i] for i in span], self.doc_max_chars)
-            reply = self.backend.generate([messages], max_new_tokens=6 * len(span) + 16)[0]  # "[12] > " ~ 6 tokens
-            order[start:start + len(span)] = [span[k] for k in parse_permutation(reply, len(span))]
-        return [doc_ids[i] for i in order]
+        return {**super().identity(), "window": self.reranker.window, "step": self.reranker.step}
 
 
 def teacher_model_name(preset) -> str:
@@ -136,17 +111,12 @@ def teacher_model_name(preset) -> str:
 
 
 def teacher_backend(preset):
-    """The chat backend of the preset's "llm" teachers: `teacher_endpoint` if set, else a local
+    """The backend of the preset's "llm" teachers: `teacher_endpoint` if set, else a local
     Hugging Face model (`teacher_model`, default the student's: embedded, folder or hub id; 4-bit optional)."""
     if preset.teacher_endpoint:
         return EndpointBackend(preset.teacher_endpoint, teacher_model_name(preset))
-    from .models import load_model, load_tokenizer
-    from .rerank import LLM
-
-    name = teacher_model_name(preset)
-    tokenizer = load_tokenizer(name, preset.trust_remote_code)
-    model = load_model(name, preset.quantize_4bit, preset.trust_remote_code)
-    return LLM(model, tokenizer, replace(preset, model=name), progress=False)  # preset.model names it in cache keys
+    teacher = replace(preset, model=teacher_model_name(preset))  # its model names it in cache keys
+    return llm.LLM(*llm.load(teacher), teacher)
 
 
 # --- offline teachers ---------------------------------------------------------------------------
@@ -226,8 +196,8 @@ def make_teacher(kind: str, role: str, preset, *, collection=None, bm25=None, de
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     builders = {
-        "llm": lambda: (PointwiseLLMTeacher(_required(backend, "backend"), preset.doc_max_chars) if role == "pointwise"
-                        else ListwiseLLMTeacher(_required(backend, "backend"), preset.doc_max_chars)),
+        "llm": lambda: (PointwiseLLMTeacher(_required(backend, "backend"), preset) if role == "pointwise"
+                        else ListwiseLLMTeacher(_required(backend, "backend"), preset)),
         "minilm": lambda: DenseTeacher(_required(dense, "dense")),
         "bm25": lambda: BM25Teacher(_required(bm25, "bm25")),
         "human": lambda: HumanTeacher(_required(collection, "collection")),
@@ -287,7 +257,8 @@ class CachedTeacher:
             return cached
         ranking = self.teacher.rank(query, doc_ids, texts)
         self.misses += 1
-        _write_atomic(path, {"key": key, "teacher": self.name, "ranking": ranking, "checksum": _checksum(ranking)})
+        entry = {"key": key, "teacher": self.name, "ranking": ranking, "checksum": _checksum(ranking)}
+        write_atomic(path, json.dumps(entry, ensure_ascii=False))
         return ranking
 
     def _read(self, path: Path, key: str, doc_ids: list[str]) -> list[str] | None:
@@ -305,103 +276,3 @@ class CachedTeacher:
         self.recovered += 1
         log.warning("teacher cache entry %s is damaged; recomputing it", path.name)
         return None
-
-
-def _write_atomic(path: Path, entry: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(entry, handle, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-# --- OpenAI-compatible endpoint ---------------------------------------------------------------------
-
-class EndpointError(RuntimeError):
-    """The endpoint refused the request, or failed `max_retries` + 1 times in a row."""
-
-
-class _Transient(Exception):
-    """A failure worth retrying: timeout, connection error, HTTP 429/5xx, malformed reply."""
-
-
-class EndpointBackend:
-    """A chat backend for any OpenAI-compatible server (vLLM, llama.cpp, Ollama, hosted APIs).
-
-    POSTs to ``<url>/chat/completions`` with urllib (greedy: temperature 0). The API key is
-    read from the environment variable `api_key_env` at each request and never kept on the
-    object, so it cannot appear in its repr, a log line, an error message or a cache file.
-    Transient failures are retried `max_retries` times with exponential backoff, then
-    reported as `EndpointError`; other HTTP errors (401, 404, ...) are reported at once.
-    """
-
-    def __init__(self, url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 max_retries: int = 3, backoff: float = 1.0, workers: int = 4, max_tokens: int = 256):
-        self.url, self.model, self.api_key_env = url.rstrip("/"), model, api_key_env
-        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
-        self.workers, self.max_tokens = workers, max_tokens
-        self.requests = 0  # HTTP requests sent, retries included
-
-    def __repr__(self) -> str:
-        return f"EndpointBackend(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
-
-    @property
-    def model_id(self) -> str:
-        return self.model
-
-    def generate(self, prompts_: list[list[dict]], max_new_tokens: int | None = None) -> list[str]:
-        """Replies in prompt order; up to `workers` requests in flight (the server batches them)."""
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return list(pool.map(lambda messages: self.complete(messages, max_new_tokens or self.max_tokens), prompts_))
-
-    def complete(self, messages: list[dict], max_tokens: int) -> str:
-        for attempt in range(self.max_retries + 1):
-            try:
-                return self._post(messages, max_tokens)
-            except _Transient as err:
-                failure = self._scrub(str(err))
-                if attempt < self.max_retries:
-                    log.warning("%s: attempt %d failed (%s); retrying", self.url, attempt + 1, failure)
-                    time.sleep(self.backoff * 2 ** attempt)
-        raise EndpointError(f"{self.url}: gave up after {self.max_retries + 1} attempts; last error: {failure}")
-
-    def _post(self, messages: list[dict], max_tokens: int) -> str:
-        body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
-        request = urllib.request.Request(f"{self.url}/chat/completions", data=json.dumps(body).encode("utf-8"),
-                                         headers=self._headers(), method="POST")
-        self.requests += 1
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            detail = err.read()[:200].decode("utf-8", "replace")
-            if err.code == 429 or err.code >= 500:
-                raise _Transient(f"HTTP {err.code}: {detail}") from None
-            raise EndpointError(self._scrub(f"{self.url}: HTTP {err.code}: {detail}")) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as err:
-            raise _Transient(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
-        return _reply_text(raw)
-
-    def _headers(self) -> dict:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:  # local servers usually need none
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _scrub(self, text: str) -> str:
-        """Hide the key should a server echo it back in an error."""
-        key = os.environ.get(self.api_key_env)
-        return text.replace(key, "***") if key else text
-
-
-def _reply_text(raw: bytes) -> str:
-    try:
-        content = json.loads(raw)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise _Transient(f"malformed reply: {raw[:80]!r}") from None
-    if not isinstance(content, str):
-        raise _Transient("malformed reply: message content is not text")
-    return content

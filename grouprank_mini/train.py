@@ -1,4 +1,4 @@
-"""Training the groupwise reranker: LoRA SFT, then GRPO, with TRL (GROUPRANK.md §4).
+"""Training the groupwise reranker: LoRA SFT, then GRPO, with TRL (docs/paper.md §4).
 
 Notebooks 02/03 and the command line run the same two functions:
 
@@ -21,8 +21,8 @@ Choices made here, and why:
 - **CPU settings come from the device**, never from notebook edits: no bf16, `use_cpu`,
   no activation (gradient) checkpointing (it only saves GPU memory and costs ~20% time),
   data loading in the main process, the preset's threads and seed.
-- **4-bit (QLoRA)** when `preset.quantize_4bit`: nf4 through `models.load_model`, the CPU
-  gradient workaround (`models.keep_4bit_gradients`), then PEFT's
+- **4-bit (QLoRA)** when `preset.quantize_4bit`: nf4 through `llm.load`, the CPU
+  gradient workaround (`llm.keep_4bit_gradients`), then PEFT's
   `prepare_model_for_kbit_training` before the adapter is attached.
 - **Checkpoints every `preset.save_steps`** (the last two are kept); `resume=True` continues
   from the newest one, `resume=False` deletes this run's old checkpoints and starts over.
@@ -41,35 +41,25 @@ from peft import PeftModel, prepare_model_for_kbit_training
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from . import models, runtime
-from .config import get_preset
-from .synthesis import dataset_root
+from . import llm, runtime
+from .config import ABLATIONS, get_preset
+from .rewards import make_reward_func
+from .runtime import adapter_dir, dataset_dir, grpo_dir
 
 STATE_FILE = "trainer_state.json"
 SFT_EVALS = 5  # eval-loss points per SFT run: a curve, at a cost that does not grow with the run
 EVAL_SPLITS = ("dev", "validation", "eval")  # the first one present is the SFT eval set
-# The paper's reward ablation (GROUPRANK.md §4): GRPO once more with each term switched off.
-ABLATIONS = {"no_utility": {"reward_utility": False}, "no_alignment": {"reward_alignment": False}}
-
-
-# --- where things go ------------------------------------------------------------------------
-
-def adapter_dir(preset, stage: str) -> Path:
-    """Default output folder of a stage ("sft" or "grpo"): <cache>/adapters/<preset>/<stage>."""
-    return runtime.cache_dir() / "adapters" / preset.name / stage
-
-
-def grpo_dir(preset, ablation: str | None = None) -> Path:
-    """The GRPO adapter's folder: "grpo", or "grpo-<ablation>" for a run with a reward term off."""
-    return adapter_dir(preset, f"grpo-{ablation}" if ablation else "grpo")
-
-
-def dataset_dir(preset, kind: str) -> Path:
-    """Where synthesis saves the "sft" and "rl" datasets of a preset."""
-    return dataset_root(preset) / kind
 
 
 # --- settings shared by both trainers ----------------------------------------------------------
+
+def lora_config(preset):
+    """A PEFT LoRA config from the preset's rank, alpha, dropout and target modules."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=preset.lora_r, lora_alpha=preset.lora_alpha, lora_dropout=preset.lora_dropout,
+                      target_modules=list(preset.lora_targets), task_type="CAUSAL_LM")
+
 
 def _device_args(preset, output_dir: Path) -> dict:
     """TrainingArguments that depend on the device, the preset's bookkeeping and reproducibility."""
@@ -92,17 +82,16 @@ def _device_args(preset, output_dir: Path) -> dict:
 def _base_model(preset, model=None):
     """The model LoRA goes on: the preset's (4-bit if asked) unless one is passed in."""
     if model is None:
-        model = models.load_model(preset.model, quantize_4bit=preset.quantize_4bit,
-                                  trust_remote_code=preset.trust_remote_code)
+        model, _ = llm.load(preset)
     if getattr(model, "is_loaded_in_4bit", False):
-        models.keep_4bit_gradients(model)  # idempotent; also covers a 4-bit model passed in by the caller
+        llm.keep_4bit_gradients(model)  # idempotent; also covers a 4-bit model passed in by the caller
         # Freezes the base and upcasts its non-quantized weights; checkpointing only where it helps (GPU).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=torch.cuda.is_available())
     return model
 
 
 def _tokenizer(preset, tokenizer=None):
-    return tokenizer if tokenizer is not None else models.load_tokenizer(preset.model, preset.trust_remote_code)
+    return tokenizer if tokenizer is not None else llm.load_tokenizer(preset.model, preset.trust_remote_code)
 
 
 def _resume_point(output_dir: Path, resume: bool) -> str | None:
@@ -168,7 +157,7 @@ def sft_trainer(preset, train_ds, eval_ds=None, output_dir=None, model=None, tok
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=_tokenizer(preset, tokenizer),
-        peft_config=models.lora_config(preset),
+        peft_config=lora_config(preset),
         callbacks=callbacks,
     )
 
@@ -205,7 +194,7 @@ def _grpo_model(preset, sft_adapter, model):
     """(model, peft_config): the SFT adapter to keep training, or a fresh LoRA when there is none."""
     base = _base_model(preset, model)
     if sft_adapter is None:
-        return base, models.lora_config(preset)
+        return base, lora_config(preset)
     return PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True), None
 
 
@@ -213,7 +202,6 @@ def grpo_trainer(preset, rl_ds, sft_adapter=None, output_dir=None, model=None, t
                  reward_funcs=None, callbacks=None) -> GRPOTrainer:
     """A ready GRPOTrainer; `train_grpo` runs it. `reward_funcs` defaults to the GroupRank reward."""
     if reward_funcs is None:
-        from .rewards import make_reward_func
         reward_funcs = [make_reward_func(preset)]
     output_dir = Path(output_dir or grpo_dir(preset))
     policy, peft_config = _grpo_model(preset, sft_adapter, model)
@@ -240,21 +228,6 @@ def train_grpo(preset, rl_ds, sft_adapter=None, output_dir=None, resume=True, mo
 
 
 # --- using the results --------------------------------------------------------------------------
-
-def load_adapter(preset, path, model=None):
-    """A generation-ready model: the preset's base (or `model`) with the adapter at `path`.
-
-    Full-precision bases get the adapter merged in (plain transformers model, no LoRA overhead
-    when generating); 4-bit bases keep it as a separate `PeftModel`, because merging into nf4
-    weights would round the update away.
-    """
-    base = model if model is not None else models.load_model(
-        preset.model, quantize_4bit=preset.quantize_4bit, trust_remote_code=preset.trust_remote_code)
-    tuned = PeftModel.from_pretrained(base, str(path))
-    if not getattr(base, "is_loaded_in_4bit", False):
-        tuned = tuned.merge_and_unload()
-    return tuned.eval()
-
 
 def history(output_dir):
     """Every logged value of a run as a DataFrame indexed by step (one column per metric).
@@ -360,24 +333,6 @@ def run_ablations(preset, rl_ds, sft_adapter) -> dict[str, Path]:
     """GRPO once more per reward term switched off (the paper's ablation); adapters by name."""
     return {name: train_grpo(replace(preset, **switch), rl_ds, sft_adapter, output_dir=grpo_dir(preset, name))
             for name, switch in ABLATIONS.items()}
-
-
-def most_trained(systems: dict) -> str:
-    """The name of the furthest-trained full-reward model in a `trained_models` result."""
-    return next(name for name in ("SFT+GRPO", "SFT", "zero-shot") if name in systems)
-
-
-def trained_models(preset) -> dict:
-    """The base model and every finished adapter of this preset, in training order."""
-    folders = {"SFT": adapter_dir(preset, "sft"), "SFT+GRPO": grpo_dir(preset),
-               **{f"GRPO {name.replace('_', ' ')}": grpo_dir(preset, name) for name in ABLATIONS}}
-    found = {"zero-shot": models.load_model(preset.model, preset.quantize_4bit, preset.trust_remote_code)}
-    for label, path in folders.items():
-        if (path / "adapter_config.json").is_file():
-            found[label] = load_adapter(preset, path)
-        else:
-            print(f"{label}: no adapter at {path} (run notebook 02/03 first)")
-    return found
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from grouprank_mini.parsing import ParsedGroup
-from grouprank_mini.rerank import GenerationStats
+from grouprank_mini.rerank import RankResult, RerankedRun
+from grouprank_mini.llm import GenerationStats
 from grouprank_mini.runtime import PROJECT_ROOT
 
 spec = importlib.util.spec_from_file_location("rerank_paradigms", PROJECT_ROOT / "benchmarks" / "rerank_paradigms.py")
@@ -60,15 +61,16 @@ class FakeReranker:
     """Scores documents by their rank; can be told to die on its n-th call (a killed run)."""
 
     def __init__(self, die_on: int | None = None):
-        self.stats, self.last_outputs, self.calls, self.die_on = GenerationStats(), [], 0, die_on
+        self.stats, self.calls, self.die_on = GenerationStats(), 0, die_on
 
     def rerank_run(self, collection, run, depth, qids):
         self.calls += 1
         if self.calls == self.die_on:
             raise KeyboardInterrupt
         self.stats.calls += len(qids)
-        self.last_outputs = [("<answer>{}</answer>", ParsedGroup([5.0], "ok"))]
-        return {q: dict(run[q]) for q in qids}
+        output = [("<answer>{}</answer>", ParsedGroup([5.0], "ok"))]
+        return RerankedRun({q: dict(run[q]) for q in qids},
+                           {q: RankResult(dict(run[q]), model_scores=dict(run[q]), outputs=output) for q in qids})
 
 
 def test_a_killed_run_resumes_and_runs_every_step_once(tmp_path, monkeypatch):
@@ -85,4 +87,5 @@ def test_a_killed_run_resumes_and_runs_every_step_once(tmp_path, monkeypatch):
     assert (fresh["x"].calls, fresh["y"].calls) == (1, 2)  # only what was not done before
     assert all(set(r["run"]) == set("abcde") for r in state["results"].values())
     assert all(r["stats"]["calls"] == 5 for r in state["results"].values())  # each query counted once
+    assert all(set(r["model scores"]) == set("abcde") for r in state["results"].values())
     assert len(state["starts"]) == 2

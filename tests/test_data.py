@@ -201,7 +201,7 @@ def test_beir_null_text_or_non_object_row(tmp_path, bad_row, message):
 
 def test_beir_duplicate_id_names_file_and_line(tmp_path):
     folder = write_beir(tmp_path / "toy", CORPUS + [CORPUS[0]], QUERIES, [])
-    with pytest.raises(DataError, match="duplicate id d1") as err:
+    with pytest.raises(DataError, match="duplicate id 'd1'") as err:
         load_collection(f"beir:{folder}")
     assert_data_error(err, "corpus.jsonl", 4)
 

@@ -14,22 +14,23 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from grouprank_mini import data, get_preset, groups, models, prompts, retrieval
+from grouprank_mini import data, get_preset, groups, llm, prompts, retrieval, runs
+from grouprank_mini.experiments import rerank_systems
+from grouprank_mini.llm import LLM, GenerationStats
 from grouprank_mini.parsing import STATUSES
-from grouprank_mini.rerank import GenerationStats, GroupwiseReranker, ListwiseReranker, PointwiseReranker, rerank_systems
+from grouprank_mini.rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker
 
 DEPTH = 10
 PRESET = get_preset("smoke", retriever_weight=0.0)  # depth 10, groups of 5; scores straight from the model
 PARADIGMS = {
-    "groupwise": lambda lm, tok, p: GroupwiseReranker(lm, tok, p, progress=False),
-    "groupwise-logprob": lambda lm, tok, p: GroupwiseReranker(lm, tok, p, scoring="logprob", progress=False),
-    "pointwise": lambda lm, tok, p: PointwiseReranker(lm, tok, p, progress=False),
-    "pointwise-logprob": lambda lm, tok, p: PointwiseReranker(lm, tok, p, scoring="logprob", progress=False),
-    "listwise": lambda lm, tok, p: ListwiseReranker(lm, tok, p, progress=False),
+    "groupwise": lambda lm, tok, p: GroupwiseReranker(LLM(lm, tok, p), p),
+    "groupwise-logprob": lambda lm, tok, p: GroupwiseReranker(LLM(lm, tok, p), p, scoring="logprob"),
+    "pointwise": lambda lm, tok, p: PointwiseReranker(LLM(lm, tok, p), p),
+    "pointwise-logprob": lambda lm, tok, p: PointwiseReranker(LLM(lm, tok, p), p, scoring="logprob"),
+    "listwise": lambda lm, tok, p: ListwiseReranker(LLM(lm, tok, p), p),
 }
 # Over 10 candidates: groups of 5 -> 2 calls; one call per document; one window of 20 covers all.
 EXPECTED_CALLS = {"groupwise": 2, "groupwise-logprob": 2, "pointwise": 10, "pointwise-logprob": 10, "listwise": 1}
-# New-token caps: min(max_new_tokens 40, 8·c + 12) for groups and single documents; 6·20 + 16 for a window.
 # New-token caps: ~8 tokens per document plus 12 for tags (capped by the preset), listwise 6 per id + 16.
 BUDGET = {"groupwise": min(PRESET.max_new_tokens, 8 * PRESET.group_size + 12),
           "pointwise": min(PRESET.max_new_tokens, 8 * 1 + 12), "listwise": 6 * 20 + 16}
@@ -42,17 +43,17 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.load_tokenizer()
+    return llm.load_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
-    return models.tiny_random_model(tokenizer)
+    return llm.tiny_random_model(tokenizer)
 
 
 @pytest.fixture(scope="module")
 def embedded():
-    return models.load_model()
+    return llm.load_model()
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +107,23 @@ TIED_GRADES = [5, 9, 5, 0, 9, 2, 7, 5, 1, 10, 3, 9]
 def test_scripted_scores_give_the_expected_order(tokenizer, paradigm, passes):
     docs, first_stage = graded(TIED_GRADES)
     reranker = PARADIGMS[paradigm](ScriptedModel(tokenizer), tokenizer, replace(PRESET, passes=passes))
-    ranking = [d for d, _ in reranker.rerank("which passage?", docs, first_stage)]
+    result = reranker.rank("which passage?", docs, first_stage)
     # Best grade first; equal grades keep their first-stage order.
-    assert ranking == [f"d{i}" for i in sorted(range(len(TIED_GRADES)), key=lambda i: (-TIED_GRADES[i], i))]
-    assert all(parsed.status == "ok" for _, parsed in reranker.last_outputs)
+    assert [d for d, _ in result.ranking] == [f"d{i}" for i in sorted(range(len(TIED_GRADES)), key=lambda i: (-TIED_GRADES[i], i))]
+    assert all(parsed.status == "ok" for _, parsed in result.outputs)
+    assert result.model_scores == {d: float(min(g, 10)) for d, g in zip(docs, TIED_GRADES)}
+    assert all(len(scores) == reranker.preset.passes for scores in result.pass_scores.values())
 
 
 def test_scripted_scores_are_interpolated_with_the_retriever(tokenizer):
     docs, first_stage = graded(TIED_GRADES)
-    reranker = GroupwiseReranker(ScriptedModel(tokenizer), tokenizer, replace(PRESET, retriever_weight=0.4), progress=False)
-    scores = dict(reranker.rerank("which passage?", docs, first_stage))
+    reranker = PARADIGMS["groupwise"](ScriptedModel(tokenizer), tokenizer, replace(PRESET, retriever_weight=0.4))
+    result = reranker.rank("which passage?", docs, first_stage)
+    scores = result.scores
+    # The one model run serves every weight: the preset's gives the same scores, 0 the model's alone.
+    assert reranker.final_scores(result.model_scores, first_stage) == scores
+    alone = reranker.final_scores(result.model_scores, first_stage, retriever_weight=0.0)
+    assert [d for d in runs.ranked_ids(alone)] == [f"d{i}" for i in sorted(range(len(TIED_GRADES)), key=lambda i: (-TIED_GRADES[i], i))]
     low, high = min(first_stage.values()), max(first_stage.values())
     for i, d in enumerate(docs):
         expected = 0.6 * TIED_GRADES[i] / 10 + 0.4 * (first_stage[d] - low) / (high - low)
@@ -124,48 +132,48 @@ def test_scripted_scores_are_interpolated_with_the_retriever(tokenizer):
 
 @pytest.mark.parametrize("n, c, passes", [(12, 5, 1), (12, 5, 3), (10, 3, 2), (4, 10, 1)])
 def test_groupwise_calls_are_groups_times_passes(tokenizer, n, c, passes):
-    reranker = GroupwiseReranker(ScriptedModel(tokenizer), tokenizer, replace(PRESET, group_size=c, passes=passes), progress=False)
-    reranker.rerank("which passage?", *graded(list(range(n))))
+    reranker = PARADIGMS["groupwise"](ScriptedModel(tokenizer), tokenizer, replace(PRESET, group_size=c, passes=passes))
+    reranker.rank("which passage?", *graded(list(range(n))))
     assert reranker.stats.calls == math.ceil(n / c) * passes
     assert reranker.stats.batches == math.ceil(reranker.stats.calls / PRESET.batch_size)
 
 
 def test_pointwise_calls_are_one_per_document_whatever_the_passes(tokenizer):
-    reranker = PointwiseReranker(ScriptedModel(tokenizer), tokenizer, replace(PRESET, passes=4), progress=False)
-    reranker.rerank("which passage?", *graded(TIED_GRADES))
+    reranker = PARADIGMS["pointwise"](ScriptedModel(tokenizer), tokenizer, replace(PRESET, passes=4))
+    reranker.rank("which passage?", *graded(TIED_GRADES))
     assert reranker.stats.calls == len(TIED_GRADES)
 
 
 @pytest.mark.parametrize("n, starts", [(40, [20, 10, 0]), (25, [5, 0]), (20, [0]), (10, [0]), (0, [0])])
 def test_listwise_window_schedule(tokenizer, n, starts):
-    assert ListwiseReranker(None, tokenizer, PRESET).window_starts(n) == starts
+    assert ListwiseReranker(None, PRESET).window_starts(n) == starts
 
 
 def test_listwise_bubbles_the_best_to_the_top_and_batches_queries(tokenizer):
     grades = [(7 * i) % 40 for i in range(40)]  # 40 distinct grades in a scrambled first-stage order
     docs, first_stage = graded(grades)
-    reranker = ListwiseReranker(ScriptedModel(tokenizer), tokenizer, PRESET, progress=False)
-    rankings = reranker.rerank_many([("q1", docs, first_stage), ("q2", docs, first_stage)])
+    reranker = PARADIGMS["listwise"](ScriptedModel(tokenizer), tokenizer, PRESET)
+    results = reranker.rank_many([("q1", docs, first_stage), ("q2", docs, first_stage)])
     best_ten = [f"d{grades.index(g)}" for g in range(39, 29, -1)]
-    assert all(retrieval.ranked_ids(scores)[:10] == best_ten for scores in rankings)
+    assert all([d for d, _ in result.ranking[:10]] == best_ten for result in results)
+    assert all(len(result.outputs) == 3 for result in results)  # each query's own windows
     # 3 windows per query, run stage by stage: both queries' windows share each batch.
     assert (reranker.stats.calls, reranker.stats.batches) == (6, 3)
 
 
 def test_scripted_generation_is_counted(tokenizer):
     docs, first_stage = graded(TIED_GRADES)
-    reranker = GroupwiseReranker(ScriptedModel(tokenizer), tokenizer, PRESET, progress=False)
-    reranker.rerank("which passage?", docs, first_stage)
-    answers = [text for text, _ in reranker.last_outputs]
+    reranker = PARADIGMS["groupwise"](ScriptedModel(tokenizer), tokenizer, PRESET)
+    answers = [text for text, _ in reranker.rank("which passage?", docs, first_stage).outputs]
     assert reranker.stats.generated_tokens == sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
     reranker.stats.reset()
     assert reranker.stats == GenerationStats()
 
 
 def test_plain_list_of_texts_gets_positional_ids(tokenizer):
-    reranker = GroupwiseReranker(ScriptedModel(tokenizer), tokenizer, PRESET, progress=False)
-    ranking = reranker.rerank("which passage?", ["passage 0 grade 1", "passage 1 grade 8", "passage 2 grade 4"])
-    assert [d for d, _ in ranking] == ["1", "2", "0"]
+    reranker = PARADIGMS["groupwise"](ScriptedModel(tokenizer), tokenizer, PRESET)
+    result = reranker.rank("which passage?", ["passage 0 grade 1", "passage 1 grade 8", "passage 2 grade 4"])
+    assert [d for d, _ in result.ranking] == ["1", "2", "0"]
 
 
 # --- real models on one Cranfield query -----------------------------------------------------
@@ -178,7 +186,7 @@ class Outcome:
     query: str
     candidates: dict[str, str]
     first_stage: dict[str, float]
-    ranking: list[tuple[str, float]]
+    result: object  # the RankResult
 
 
 @pytest.fixture(scope="module", params=[(m, p) for m in ("tiny", "embedded") for p in PARADIGMS], ids="-".join)
@@ -187,19 +195,19 @@ def outcome(request, tokenizer, cranfield):
     model_name, paradigm = request.param
     collection, run, qids = cranfield
     first_stage = run[qids[0]]
-    candidates = {d: collection.docs[d] for d in retrieval.ranked_ids(first_stage)}
+    candidates = {d: collection.docs[d] for d in runs.ranked_ids(first_stage)}
     reranker = PARADIGMS[paradigm](request.getfixturevalue(model_name), tokenizer, PRESET)
-    ranking = reranker.rerank(collection.queries[qids[0]], candidates, first_stage)
-    return Outcome(paradigm, model_name, reranker, collection.queries[qids[0]], candidates, first_stage, ranking)
+    result = reranker.rank(collection.queries[qids[0]], candidates, first_stage)
+    return Outcome(paradigm, model_name, reranker, collection.queries[qids[0]], candidates, first_stage, result)
 
 
 def test_every_candidate_is_returned_exactly_once(outcome):
-    ids = [d for d, _ in outcome.ranking]
+    ids = [d for d, _ in outcome.result.ranking]
     assert len(ids) == DEPTH and sorted(ids) == sorted(outcome.candidates)
 
 
 def test_scores_are_floats_sorted_best_first(outcome):
-    scores = [s for _, s in outcome.ranking]
+    scores = [s for _, s in outcome.result.ranking]
     assert all(isinstance(s, float) and math.isfinite(s) for s in scores)
     assert all(a > b for a, b in zip(scores, scores[1:]))  # strictly: ties are always broken
 
@@ -212,10 +220,10 @@ def test_calls_and_batches_are_counted(outcome):
 
 
 def test_prompt_tokens_are_counted_without_padding(outcome, tokenizer):
-    llm = outcome.reranker.llm
-    texts = [llm.chat_text(m) for m, _ in sent_prompts(outcome)]
+    engine = outcome.reranker.backend
+    texts = [engine.chat_text(m) for m, _ in sent_prompts(outcome)]
     if outcome.paradigm.endswith("logprob"):  # the teacher-forced answer skeleton is part of the input
-        lengths = [len(llm._skeleton(t, n)[0]) for t, (_, n) in zip(texts, sent_prompts(outcome))]
+        lengths = [len(engine._skeleton(t, n)[0]) for t, (_, n) in zip(texts, sent_prompts(outcome))]
     else:
         lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     assert outcome.reranker.stats.prompt_tokens == sum(lengths)
@@ -243,19 +251,20 @@ def test_generated_tokens_are_counted(outcome):
 
 
 def test_generated_answers_are_parsed(outcome):
+    outputs = outcome.result.outputs
     if outcome.paradigm.endswith("logprob"):
-        assert outcome.reranker.last_outputs == []
+        assert outputs == []
     elif outcome.paradigm == "listwise":
-        assert all(sorted(order) == list(range(DEPTH)) for _, order in outcome.reranker.last_outputs)
+        assert all(sorted(order) == list(range(DEPTH)) for _, order in outputs)
     else:
-        assert len(outcome.reranker.last_outputs) == EXPECTED_CALLS[outcome.paradigm]
-        assert all(parsed.status in STATUSES for _, parsed in outcome.reranker.last_outputs)
+        assert len(outputs) == EXPECTED_CALLS[outcome.paradigm]
+        assert all(parsed.status in STATUSES for _, parsed in outputs)
 
 
 def test_logprob_scores_are_in_range_and_never_tied(outcome):
     if not outcome.paradigm.endswith("logprob"):
         pytest.skip("only token-probability scoring promises tie-free scores")
-    scores = sorted((s for _, s in outcome.ranking), reverse=True)
+    scores = sorted((s for _, s in outcome.result.ranking), reverse=True)
     # With retriever_weight 0 a final score is the model's 0-10 score / 10, minus a tie-break
     # offset of 1e-9 per rank; a gap above 1e-8 therefore means the model itself separated them.
     assert all(-1e-7 <= 10 * s <= 10 for s in scores)
@@ -263,9 +272,8 @@ def test_logprob_scores_are_in_range_and_never_tied(outcome):
 
 
 def test_slot_scores_one_per_slot_within_range(tiny, tokenizer):
-    reranker = GroupwiseReranker(tiny, tokenizer, PRESET, scoring="logprob", progress=False)
     messages = [prompts.groupwise_messages("q", ["a", "b", "c"], 50), prompts.groupwise_messages("longer query", ["a"], 50)]
-    scores = reranker.llm.slot_scores(messages, [3, 1])
+    scores = LLM(tiny, tokenizer, PRESET).slot_scores(messages, [3, 1])
     assert [len(s) for s in scores] == [3, 1]
     assert all(0.0 <= s <= 10.0 for row in scores for s in row)
 
@@ -278,17 +286,18 @@ def test_left_padded_batches_match_batch_size_one(tiny, tokenizer, cranfield, pa
     results = {}
     for batch_size in (1, 4):
         reranker = PARADIGMS[paradigm](tiny, tokenizer, replace(PRESET, batch_size=batch_size))
-        results[batch_size] = (reranker.rerank_run(collection, run, DEPTH, qids), [t for t, _ in reranker.last_outputs])
+        reranked = reranker.rerank_run(collection, run, DEPTH, qids)
+        results[batch_size] = (reranked.run, [t for t, _ in reranked.outputs])
     (alone, alone_texts), (batched, batched_texts) = results[1], results[4]
     assert batched_texts == alone_texts  # greedy text is identical token for token
     for qid in qids:
         assert batched[qid] == pytest.approx(alone[qid], abs=1e-5)
-        assert retrieval.ranked_ids(batched[qid]) == retrieval.ranked_ids(alone[qid])
+        assert runs.ranked_ids(batched[qid]) == runs.ranked_ids(alone[qid])
 
 
 def test_rerank_systems_names_each_model_and_scoring(tiny, tokenizer, cranfield):
     collection, run, qids = cranfield
-    runs = rerank_systems({"zero-shot": tiny}, tokenizer, PRESET, collection, run, qids)
-    assert list(runs) == ["zero-shot (generate)", "zero-shot (logprob)"]
-    alone = GroupwiseReranker(tiny, tokenizer, PRESET, scoring="logprob", progress=False).rerank_run(collection, run, qids=qids)
-    assert runs["zero-shot (logprob)"] == alone
+    reranked = rerank_systems({"zero-shot": tiny}, tokenizer, PRESET, collection, run, qids)
+    assert list(reranked) == ["zero-shot (generate)", "zero-shot (logprob)"]
+    alone = PARADIGMS["groupwise-logprob"](tiny, tokenizer, PRESET).rerank_run(collection, run, qids=qids)
+    assert reranked["zero-shot (logprob)"] == alone.run

@@ -1,4 +1,5 @@
-"""Teachers, their disk cache, and the OpenAI-compatible endpoint backend (grouprank_mini.teachers).
+"""Teachers, their disk cache (grouprank_mini.teachers), and the OpenAI-compatible endpoint backend
+(grouprank_mini.endpoint) they can run on.
 
 The endpoint is tested against a scripted HTTP server on 127.0.0.1 started by the tests;
 nothing here touches the outside network.
@@ -12,14 +13,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from grouprank_mini import get_preset, models, prompts, teachers
+from grouprank_mini import get_preset, groups, llm, prompts, runs, teachers
 from grouprank_mini.data import Collection
-from grouprank_mini.rerank import LLM
+from grouprank_mini.endpoint import EndpointBackend, EndpointError
+from grouprank_mini.llm import LLM
 from grouprank_mini.retrieval import BM25
-from grouprank_mini.teachers import (BM25Teacher, CachedTeacher, DenseTeacher, EndpointBackend, EndpointError,
-                                     HumanTeacher, ListwiseLLMTeacher, PointwiseLLMTeacher)
+from grouprank_mini.teachers import (BM25Teacher, CachedTeacher, DenseTeacher, HumanTeacher, ListwiseLLMTeacher,
+                                     PointwiseLLMTeacher)
 
 KEY_ENV, SECRET = "GROUPRANK_TEST_API_KEY", "sk-test-very-secret-4711"
+TEACH = get_preset("smoke", doc_max_chars=100)  # what the LLM teachers read of a preset
 
 
 # --- fakes -------------------------------------------------------------------------------------
@@ -58,19 +61,19 @@ def pool(values: list[int]) -> tuple[list[str], list[str]]:
 # --- ranking helpers and LLM teachers ------------------------------------------------------------
 
 def test_rank_by_scores_keeps_pool_order_for_ties():
-    assert teachers.rank_by_scores(["a", "b", "c", "d"], [1.0, 3.0, 1.0, 3.0]) == ["b", "d", "a", "c"]
+    assert runs.rank_by_scores(["a", "b", "c", "d"], [1.0, 3.0, 1.0, 3.0]) == ["b", "d", "a", "c"]
 
 
 def test_window_starts_back_to_front():
-    assert teachers.window_starts(50, 20, 10) == [30, 20, 10, 0]
-    assert teachers.window_starts(15, 20, 10) == [0]
-    assert teachers.window_starts(6, 4, 2) == [2, 0]
+    assert groups.window_starts(50, 20, 10) == [30, 20, 10, 0]
+    assert groups.window_starts(15, 20, 10) == [0]
+    assert groups.window_starts(6, 4, 2) == [2, 0]
 
 
 def test_pointwise_llm_teacher_one_document_per_call():
     backend = OracleBackend()
     ids, texts = pool([3, 9, 0, 9, 5])
-    ranking = PointwiseLLMTeacher(backend, doc_max_chars=100).rank("q", ids, texts)
+    ranking = PointwiseLLMTeacher(backend, TEACH).rank("q", ids, texts)
     assert ranking == ["d1", "d3", "d4", "d0", "d2"]  # the tie 9/9 keeps pool order
     assert backend.calls == 5
 
@@ -81,7 +84,7 @@ def test_pointwise_llm_teacher_unreadable_reply_scores_zero():
             return "no idea" if value_of(docs_in_prompt(messages)[0]) == 8 else super().reply(messages)
 
     ids, texts = pool([2, 8, 1])
-    assert PointwiseLLMTeacher(Garbage(), 100).rank("q", ids, texts) == ["d0", "d2", "d1"]
+    assert PointwiseLLMTeacher(Garbage(), TEACH).rank("q", ids, texts) == ["d0", "d2", "d1"]
 
 
 def test_listwise_sliding_window_merge_hand_computed():
@@ -90,7 +93,7 @@ def test_listwise_sliding_window_merge_hand_computed():
     the top window-step = 2 are exact, the rest keeps the known sliding-window approximation."""
     backend = OracleBackend()
     ids, texts = pool([1, 2, 3, 4, 5, 6])
-    ranking = ListwiseLLMTeacher(backend, 100, window=4, step=2).rank("q", ids, texts)
+    ranking = ListwiseLLMTeacher(backend, TEACH, window=4, step=2).rank("q", ids, texts)
     assert ranking == ["d5", "d4", "d1", "d0", "d3", "d2"]
     assert backend.calls == 2
 
@@ -98,24 +101,25 @@ def test_listwise_sliding_window_merge_hand_computed():
 def test_listwise_single_window_when_pool_fits():
     backend = OracleBackend()
     ids, texts = pool([4, 1, 7, 2])
-    assert ListwiseLLMTeacher(backend, 100).rank("q", ids, texts) == ["d2", "d0", "d3", "d1"]
+    assert ListwiseLLMTeacher(backend, TEACH).rank("q", ids, texts) == ["d2", "d0", "d3", "d1"]
     assert backend.calls == 1
 
 
 def test_llm_teachers_on_tiny_random_model(tmp_path):
     """Real generation path (rerank.LLM, chat template, parsing) with random weights: the
     rankings are permutations of the pool, and the cache makes the second pass free."""
-    tokenizer = models.load_tokenizer()
-    llm = LLM(models.tiny_random_model(tokenizer), tokenizer, get_preset("smoke"), progress=False)
+    tokenizer = llm.load_tokenizer()
+    engine = LLM(llm.tiny_random_model(tokenizer), tokenizer, get_preset("smoke"))
     ids, texts = pool([1, 5, 3, 8, 2, 6])
-    for teacher in (PointwiseLLMTeacher(llm, 80), PointwiseLLMTeacher(llm, 80, scoring="logprob"),
-                    ListwiseLLMTeacher(llm, 80, window=4, step=2)):
+    short = get_preset("smoke", doc_max_chars=80)
+    for teacher in (PointwiseLLMTeacher(engine, short), PointwiseLLMTeacher(engine, short, scoring="logprob"),
+                    ListwiseLLMTeacher(engine, short, window=4, step=2)):
         cached = CachedTeacher(teacher, tmp_path)
         first = cached.rank("wing flutter", ids, texts)
-        calls = llm.stats.calls
+        calls = engine.stats.calls
         assert sorted(first) == sorted(ids)
         assert cached.rank("wing flutter", ids, texts) == first
-        assert llm.stats.calls == calls and (cached.hits, cached.misses) == (1, 1)
+        assert engine.stats.calls == calls and (cached.hits, cached.misses) == (1, 1)
     assert teacher.identity()["model"] == "embedded"
 
 
@@ -177,11 +181,11 @@ def test_make_teacher_maps_preset_strings(small):
 
 def test_cache_rerun_costs_no_call_and_key_covers_inputs(tmp_path, monkeypatch):
     backend = OracleBackend()
-    cached = CachedTeacher(PointwiseLLMTeacher(backend, 100), tmp_path)
+    cached = CachedTeacher(PointwiseLLMTeacher(backend, TEACH), tmp_path)
     ids, texts = pool([2, 7, 4])
     first = cached.rank("q", ids, texts)
     assert backend.calls == 3
-    assert CachedTeacher(PointwiseLLMTeacher(backend, 100), tmp_path).rank("q", ids, texts) == first
+    assert CachedTeacher(PointwiseLLMTeacher(backend, TEACH), tmp_path).rank("q", ids, texts) == first
     assert backend.calls == 3  # a new process (new wrapper) finds it on disk
     cached.rank("another query", ids, texts)
     cached.rank("q", ids, texts[:2] + ["document with value 9"])
@@ -195,7 +199,7 @@ def test_cache_rerun_costs_no_call_and_key_covers_inputs(tmp_path, monkeypatch):
 def test_cache_corruption_is_recomputed(tmp_path, damage):
     backend = OracleBackend()
     ids, texts = pool([2, 7, 4])
-    first = CachedTeacher(PointwiseLLMTeacher(backend, 100), tmp_path).rank("q", ids, texts)
+    first = CachedTeacher(PointwiseLLMTeacher(backend, TEACH), tmp_path).rank("q", ids, texts)
     path = next(tmp_path.rglob("*.json"))
     entry = json.loads(path.read_text())
     if damage == "truncate":
@@ -209,7 +213,7 @@ def test_cache_corruption_is_recomputed(tmp_path, damage):
         path.write_text(json.dumps({**entry, "ranking": ranking, "checksum": teachers._checksum(ranking)}))
     else:
         path.write_text(json.dumps({**entry, "key": "0" * 64}))
-    again = CachedTeacher(PointwiseLLMTeacher(backend, 100), tmp_path)
+    again = CachedTeacher(PointwiseLLMTeacher(backend, TEACH), tmp_path)
     assert again.rank("q", ids, texts) == first
     assert (again.recovered, again.misses, backend.calls) == (1, 1, 6)
     assert json.loads(path.read_text())["ranking"] == first  # repaired on disk
@@ -355,7 +359,7 @@ def test_endpoint_failure_loses_nothing_cached(server, endpoint, tmp_path):
     """Pool A is cached; the server then fails on pool B; A survives, and once the server is
     back A costs no request while B is computed."""
     server.script = Script(("raw", reply_json('<answer>{"[1]": 4}</answer>')))
-    teacher = CachedTeacher(PointwiseLLMTeacher(endpoint, 100), tmp_path)
+    teacher = CachedTeacher(PointwiseLLMTeacher(endpoint, TEACH), tmp_path)
     pool_a, pool_b = pool([1, 2, 3]), pool([4, 5])
     first = teacher.rank("query a", *pool_a)
     server.script = Script(("status", 500))

@@ -12,7 +12,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from grouprank_mini import get_preset, models, plots, prompts, train
+from grouprank_mini import experiments, get_preset, llm, plots, prompts, runtime, train
 from grouprank_mini.rewards import FORMAT_FAILURE
 
 TARGETS = [[7, 2, 0], [1, 9, 4], [5, 5, 10], [0, 3, 8]]
@@ -20,7 +20,7 @@ TARGETS = [[7, 2, 0], [1, 9, 4], [5, 5, 10], [0, 3, 8]]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.load_tokenizer()
+    return llm.load_tokenizer()
 
 
 def _messages(i: int) -> list[dict]:
@@ -59,7 +59,7 @@ PRESET = get_preset("smoke", sft_max_steps=5, save_steps=2, lora_r=4, lora_alpha
 def sft_run(tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
     path = train.train_sft(PRESET, sft_rows(), eval_ds=sft_rows(2), output_dir=out,
-                           model=models.tiny_random_model(tokenizer), tokenizer=tokenizer)
+                           model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
     return path
 
 
@@ -71,7 +71,7 @@ def lora_tensors(folder) -> dict:
 
 def test_sft_loss_covers_only_the_answer(tokenizer, tmp_path):
     trainer = train.sft_trainer(PRESET, sft_rows(2), output_dir=tmp_path,
-                                model=models.tiny_random_model(tokenizer), tokenizer=tokenizer)
+                                model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     ids, labels = batch["input_ids"][0], batch["labels"][0]
     n_prompt = len(tokenizer.apply_chat_template(_messages(0), add_generation_prompt=True, tokenize=True,
@@ -88,15 +88,15 @@ def test_sft_trains_evaluates_checkpoints_and_saves_a_plain_peft_adapter(sft_run
     assert log["eval_loss"].dropna().index.tolist() == [1, 2, 3, 4, 5]  # train.SFT_EVALS points per run
     assert sorted(p.name for p in sft_run.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]  # last two
     assert (sft_run / "tokenizer_config.json").is_file()
-    tuned = PeftModel.from_pretrained(models.tiny_random_model(tokenizer), str(sft_run))
+    tuned = PeftModel.from_pretrained(llm.tiny_random_model(tokenizer), str(sft_run))
     lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means trained
 
 
-def test_load_adapter_merges_for_generation(sft_run, tokenizer):
-    base = models.tiny_random_model(tokenizer)
-    expected = PeftModel.from_pretrained(models.tiny_random_model(tokenizer), str(sft_run)).eval()
-    merged = train.load_adapter(PRESET, sft_run, model=base)
+def test_with_adapter_merges_for_generation(sft_run, tokenizer):
+    base = llm.tiny_random_model(tokenizer)
+    expected = PeftModel.from_pretrained(llm.tiny_random_model(tokenizer), str(sft_run)).eval()
+    merged = llm.with_adapter(base, sft_run)
     assert not isinstance(merged, PeftModel)
     ids = tokenizer("a wing", return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_resume_false_starts_over(sft_run, tokenizer, tmp_path):
     (out / "checkpoint-9").mkdir(parents=True)
     short = get_preset(PRESET, sft_max_steps=2)
     train.train_sft(short, sft_rows(), output_dir=out, resume=False,
-                    model=models.tiny_random_model(tokenizer), tokenizer=tokenizer)
+                    model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
@@ -139,11 +139,11 @@ def grpo_run(sft_run, tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo")
     common = dict(sft_adapter=sft_run, output_dir=out, tokenizer=tokenizer, reward_funcs=[varied_reward])
     with pytest.raises(KeyboardInterrupt):
-        train.train_grpo(PRESET, rl_rows(), model=models.tiny_random_model(tokenizer),
+        train.train_grpo(PRESET, rl_rows(), model=llm.tiny_random_model(tokenizer),
                          callbacks=[KillAtStep(3)], **common)
     killed = sorted(p.name for p in out.glob("checkpoint-*"))
     recorder = StepRecorder()
-    path = train.train_grpo(PRESET, rl_rows(), model=models.tiny_random_model(tokenizer),
+    path = train.train_grpo(PRESET, rl_rows(), model=llm.tiny_random_model(tokenizer),
                             callbacks=[recorder], **common)
     return path, killed, recorder.steps
 
@@ -161,7 +161,7 @@ def test_a_finished_run_is_reused_instead_of_trained_again(grpo_run, sft_run, to
     path = grpo_run[0]
     recorder = StepRecorder()  # transformers itself would take one extra step here
     again = train.train_grpo(PRESET, rl_rows(), sft_adapter=sft_run, output_dir=path, tokenizer=tokenizer,
-                             model=models.tiny_random_model(tokenizer), reward_funcs=[varied_reward],
+                             model=llm.tiny_random_model(tokenizer), reward_funcs=[varied_reward],
                              callbacks=[recorder])
     assert again == path and recorder.steps == []
     assert json.loads((path / "trainer_state.json").read_text())["global_step"] == PRESET.grpo_max_steps
@@ -185,7 +185,7 @@ def test_grpo_history_has_loss_rewards_kl_and_logged_terms(grpo_run):
 
 def test_grpo_uses_and_logs_the_grouprank_reward_by_default(sft_run, tokenizer, tmp_path):
     path = train.train_grpo(get_preset(PRESET, grpo_max_steps=1), rl_rows(4), sft_adapter=sft_run,
-                            output_dir=tmp_path, model=models.tiny_random_model(tokenizer), tokenizer=tokenizer)
+                            output_dir=tmp_path, model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
     step = train.history(path).loc[1]
     # Six random tokens never hold <answer> tags: every completion gets the -0.5 format gate.
     assert step["rewards/grouprank_reward/mean"] == step["reward"] == step["reward/format"] == -0.5
@@ -213,8 +213,8 @@ def test_trainer_settings_come_from_the_preset_and_device(tmp_path):
 
 def test_default_folders_follow_the_preset():
     preset = get_preset("smoke", collection="bright:biology/x")
-    assert train.dataset_dir(preset, "rl").parts[-2:] == ("smoke-bright_biology_x", "rl")
-    assert train.adapter_dir(preset, "sft").parts[-3:] == ("adapters", "smoke", "sft")
+    assert runtime.dataset_dir(preset, "rl").parts[-2:] == ("smoke-bright_biology_x", "rl")
+    assert runtime.adapter_dir(preset, "sft").parts[-3:] == ("adapters", "smoke", "sft")
 
 
 # --- 4-bit --------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def test_cli_ablation_switches_a_reward_term_off_into_its_own_folder(tmp_path, m
                 "--ablation", "no_alignment"])
     preset, rows, sft, output = calls[0]
     assert (preset.reward_alignment, preset.reward_utility) == (False, True)
-    assert output == train.adapter_dir(preset, "grpo-no_alignment") and sft == adapter
+    assert output == runtime.adapter_dir(preset, "grpo-no_alignment") and sft == adapter
     assert rows == len(train.load_records(data, preset)["train"])  # the notebook's rows, not all of them
 
 
@@ -282,11 +282,11 @@ def test_training_curves_plot_each_series(grpo_run, sft_run):
     assert {line.get_label() for line in plots.plot_loss(sft_log).axes[0].lines} == {"loss", "eval_loss"}
     reward_labels = {line.get_label() for line in plots.plot_rewards(grpo_log).axes[0].lines}
     assert reward_labels == {"total", "variety"}  # one function: its mean would repeat the total
-    failures = plots.plot_format_failures(grpo_log).axes[0].lines[0]
+    failures = plots.plot_format_failures(grpo_log, FORMAT_FAILURE).axes[0].lines[0]
     assert list(failures.get_xdata()) == [1, 2, 3, 4]
 
 
 def test_most_trained_is_the_full_reward_model_not_an_ablation():
     found = {"zero-shot": 0, "SFT": 1, "SFT+GRPO": 2, "GRPO no utility": 3, "GRPO no alignment": 4}
-    assert train.most_trained(found) == "SFT+GRPO"
-    assert train.most_trained({"zero-shot": 0, "SFT": 1}) == "SFT"
+    assert experiments.most_trained(found) == "SFT+GRPO"
+    assert experiments.most_trained({"zero-shot": 0, "SFT": 1}) == "SFT"
