@@ -19,19 +19,25 @@ from .runtime import data_dir
 
 # --- dispatch ------------------------------------------------------------------------------
 
-def load_collection(spec: str, root: Path | None = None) -> Collection:
+def load_collection(spec: str, root: Path | str | None = None) -> Collection:
     """Load a collection by name: cranfield, cisi, adi, vaswani, beir:<folder>,
-    bright:<domain>[:long], r2med:<Task>. `root` is the folder holding the classic collections,
-    or, for bright/r2med, a local folder shaped like the hub repository (else the hub is used)."""
+    bright:<domain>[:long][@<folder>], r2med:<Task>[@<folder>].
+
+    `root` is the folder holding the classic collections. For bright/r2med, ``@<folder>`` (or
+    `root`) names a local folder laid out like the hub repository; without one the hub is used.
+    The ``@`` form fits in a preset's `collection` field, so notebooks, synthesis and the
+    benchmark all read the same local copy."""
     kind, _, arg = spec.partition(":")
     if kind == "beir":
         return load_beir(Path(arg))
     if kind in ("bright", "r2med"):
-        local = {} if root is None else {"source": str(root)}
+        arg, _, folder = arg.partition("@")
+        source = folder or (str(root) if root is not None else None)
+        local = {} if source is None else {"source": source}
         return hubdata.load_bright(arg, **local) if kind == "bright" else hubdata.load_r2med(arg, **local)
     if kind not in LOCAL:
         raise KeyError(f"unknown collection {spec!r}; choose from {sorted(LOCAL)} or beir:/bright:/r2med:")
-    return LOCAL[kind]((root or data_dir()) / kind)
+    return LOCAL[kind]((Path(root) if root is not None else data_dir()) / kind)
 
 
 # --- SMART format (Cranfield, CISI, ADI, and others with more field letters) ----------------

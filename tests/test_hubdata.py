@@ -241,3 +241,19 @@ def test_load_collection_reads_a_local_hub_shaped_folder(bright_repo, tmp_path):
     assert load_collection("bright:biology", root=bright_repo).docs == load_bright("biology", source=bright_repo).docs
     r2med = load_collection("r2med:Medical-Sciences", root=write_r2med(tmp_path / "Medical-Sciences"))
     assert r2med.name == "r2med:Medical-Sciences" and r2med.qrels
+
+
+def test_a_preset_names_a_local_folder_with_at(bright_repo, tmp_path):
+    from grouprank_mini.data import load_collection
+
+    by_spec = load_collection(f"bright:biology@{bright_repo}")
+    assert by_spec.docs == load_bright("biology", source=bright_repo).docs and by_spec.name == "bright:biology"
+    folder = write_r2med(tmp_path / "Medical-Sciences")
+    assert load_collection(f"r2med:Medical-Sciences@{folder}").qrels == load_r2med("Medical-Sciences", source=folder).qrels
+
+
+def test_a_string_root_works_for_classic_collections():
+    from grouprank_mini.data import load_collection
+    from grouprank_mini.runtime import data_dir
+
+    assert len(load_collection("adi", root=str(data_dir())).docs) == 82
