@@ -126,3 +126,35 @@ def trained_models(preset) -> dict:
 def most_trained(systems: dict) -> str:
     """The name of the furthest-trained full-reward model in a `trained_models` result."""
     return next(name for name in ("SFT+GRPO", "SFT", "zero-shot") if name in systems)
+
+
+# --- is a difference more than noise? ----------------------------------------------------------------
+
+def paired_bootstrap(system: dict[str, float], baseline: dict[str, float], samples: int = 10_000,
+                     seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean per-query difference system − baseline over the baseline's queries, and a percentile
+    bootstrap interval of it: queries are resampled with replacement, keeping each query's pair
+    together (the two systems saw the same query). An interval that excludes 0 is more than the
+    noise of this query sample; one that straddles 0 is not."""
+    import numpy as np
+
+    deltas = np.array([system.get(q, 0.0) - baseline[q] for q in baseline])
+    if not len(deltas):
+        raise ValueError("no queries to compare")
+    rng = np.random.default_rng(seed)
+    means = deltas[rng.integers(0, len(deltas), size=(samples, len(deltas)))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean difference": float(deltas.mean()), "low": float(low), "high": float(high),
+            "wins": int((deltas > 0).sum()), "losses": int((deltas < 0).sum()), "queries": len(deltas)}
+
+
+def best_weight(reranked: RerankedRun, reranker: GroupwiseReranker, first_stage: Run, collection,
+                weights=(0.0, 0.2, 0.4, 0.6, 0.8)) -> tuple[float, dict[float, float]]:
+    """The retriever weight w with the best nDCG@10 on the queries of `reranked`, and the score of
+    every w tried. One model run serves every w (`final_scores` is post-processing), so choose w on
+    dev queries, then apply it to test queries: choosing it on test would flatter the reranker."""
+    qids = list(reranked.results)
+    scores = {w: evaluate({q: reranker.final_scores(r.model_scores, first_stage[q], w)
+                           for q, r in reranked.results.items()}, collection, qids)["nDCG@10"]
+              for w in weights}
+    return max(scores, key=lambda w: (scores[w], -w)), scores
