@@ -95,31 +95,54 @@ def with_adapter(base, path):
 
 
 def load_model(model: str = EMBEDDED_MODEL, quantize_4bit: bool = False, trust_remote_code: bool = False):
-    """A causal LM in eval mode: fp32 on CPU, bf16 on a GPU, or nf4 4-bit through bitsandbytes."""
+    """A causal LM in eval mode, in `device_dtype()` (fp32 on CPU, bf16 or fp16 on a GPU), or nf4
+    4-bit through bitsandbytes computing in that dtype."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"trust_remote_code": trust_remote_code}
+    kwargs = {"trust_remote_code": trust_remote_code, "dtype": device_dtype()}
     if quantize_4bit:
         kwargs["quantization_config"] = bnb_config()
-    kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if torch.cuda.is_available():
-        from accelerate import PartialState
-
-        # The whole model on this process's GPU: under `accelerate launch` each process trains its
-        # own copy (data parallel), which device_map="auto" (spread over all GPUs) would refuse.
-        kwargs["device_map"] = {"": PartialState().local_process_index}
+    placement = device_map(torch.cuda.is_available())
+    if placement is not None:
+        kwargs["device_map"] = placement
     lm = AutoModelForCausalLM.from_pretrained(resolve(model), **kwargs)
     if quantize_4bit:
         keep_4bit_gradients(lm)
     return lm.eval()
 
 
+def compute_dtype(cuda: bool, bf16: bool) -> torch.dtype:
+    """fp32 on a CPU; on a GPU bf16 where the hardware has it (Ampere and newer), else fp16 (a T4)."""
+    if not cuda:
+        return torch.float32
+    return torch.bfloat16 if bf16 else torch.float16
+
+
+def device_dtype() -> torch.dtype:
+    """`compute_dtype` of this machine. Native bf16 only: torch's default check also says yes to a
+    T4, which can only emulate bf16 (slowly), so ask without emulation."""
+    cuda = torch.cuda.is_available()
+    return compute_dtype(cuda, cuda and torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def device_map(cuda: bool, state=None) -> dict | None:
+    """The whole model on this process's GPU (None on a CPU). Under `accelerate launch` each
+    process trains its own copy (data parallel), which device_map="auto" (one model spread over
+    all GPUs) would refuse. `state` is accelerate's PartialState (a stand-in in tests)."""
+    if not cuda:
+        return None
+    if state is None:
+        from accelerate import PartialState
+
+        state = PartialState()
+    return {"": state.local_process_index}
+
+
 def bnb_config():
     from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True)
+                              bnb_4bit_compute_dtype=device_dtype(), bnb_4bit_use_double_quant=True)
 
 
 def keep_4bit_gradients(model) -> int:
@@ -146,6 +169,46 @@ def tiny_random_model(tokenizer, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
+# Qwen2.5-Instruct's prompt format (ChatML with a default system turn), written out for models
+# built here; tool calls are left out, the kit never sends any.
+QWEN_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (loop.first and message['role'] == 'system') %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def save_tiny_qwen2(folder, tokenizer, layers: int = 2, hidden: int = 64, intermediate: int = 128,
+                    heads: int = 4, kv_heads: int = 2, seed: int = 0) -> Path:
+    """A Qwen2 model with random weights (Qwen2.5's layout: grouped-query attention, q/k/v biases,
+    tied embeddings, 32k positions) saved to `folder` with `tokenizer` (a ChatML one, such as the
+    embedded SmolLM2's) under Qwen's chat template and pad token. The `gpu` preset's architecture
+    family at a size a CPU trains in seconds, for the dry run; `folder` then works as a preset's model."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.pad_token = "<|endoftext|>"  # Qwen pads with this, not with the <|im_end|> that stops a turn
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None)
+    folder = Path(folder)
+    with atomic_path(folder) as tmp:
+        Qwen2ForCausalLM(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder
+
+
 # --- the batched engine ------------------------------------------------------------------------
 
 DIGITS = [str(d) for d in range(10)]
@@ -159,6 +222,7 @@ class GenerationStats:
     calls: int = 0
     batches: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens not computed again: a shared prefix's copies (LLM.prefix_cache)
     generated_tokens: int = 0
     seconds: float = 0.0
     prefill_seconds: float = 0.0
@@ -191,6 +255,7 @@ class LLM:
     preset: object
     stats: GenerationStats = field(default_factory=GenerationStats)
     progress: bool = False  # a bar per batch loop; off by default, notebooks stay readable
+    prefix_cache: bool = False  # compute the opening a batch's prompts share only once (see `_inputs`)
 
     @property
     def model_id(self) -> str:
@@ -215,9 +280,39 @@ class LLM:
         chunks = [order[i:i + size] for i in range(0, len(order), size)]
         return tqdm(chunks, desc=desc, disable=not self.progress or len(chunks) < 2, leave=False)
 
-    def _encode(self, texts: list[str]):
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        return batch.to(self.model.device)
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _inputs(self, ids: list[list[int]], keep_from: int | None = None):
+        """(input_ids, attention_mask, cache, shared) for a batch of token-id lists.
+
+        Without the prefix cache: left padding, as batched decoder-only models want. With it,
+        the longest opening all rows share (instructions and query: the same for every group of
+        a query) goes through the model once, its KV cache is copied to every row, and only the
+        rest of each prompt is computed, left-padded *after* the shared part: the attention mask
+        skips the gap and positions follow the mask, so each row still sees exactly its prompt.
+        Positions from `keep_from` on are always computed (their logits are read)."""
+        shared = min(self._shared_length(ids), keep_from or len(ids[0])) if self.prefix_cache else 0
+        device, cache = self.model.device, None
+        if shared:
+            cache = self.model(input_ids=torch.tensor([ids[0][:shared]], device=device), use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(ids))
+        rest = self.tokenizer.pad({"input_ids": [x[shared:] for x in ids]}, return_tensors="pt").to(device)
+        head = torch.tensor([ids[0][:shared]] * len(ids), dtype=rest["input_ids"].dtype, device=device)
+        input_ids = torch.cat([head.reshape(len(ids), shared), rest["input_ids"]], dim=1)
+        mask = torch.cat([torch.ones_like(head).reshape(len(ids), shared), rest["attention_mask"]], dim=1)
+        return input_ids, mask, cache, shared
+
+    @staticmethod
+    def _shared_length(ids: list[list[int]], minimum: int = 8) -> int:
+        """Tokens all rows start with (0 below `minimum`, or for a single row: nothing to share).
+        Every row keeps at least one token of its own, which the model must still compute."""
+        if len(ids) < 2:
+            return 0
+        limit, n = min(map(len, ids)) - 1, 0
+        while n < limit and all(row[n] == ids[0][n] for row in ids):
+            n += 1
+        return n if n >= minimum else 0
 
     @torch.inference_mode()
     def generate(self, prompts_: list[list[dict]], max_new_tokens: int | None = None) -> list[str]:
@@ -231,20 +326,22 @@ class LLM:
         return outputs
 
     def _generate_batch(self, texts: list[str], max_new_tokens: int) -> list[str]:
-        batch = self._encode(texts)
         clock, start = _FirstStepClock(), time.perf_counter()
-        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+        input_ids, mask, cache, shared = self._inputs([self._ids(t) for t in texts])
+        out = self.model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
+                                  max_new_tokens=max_new_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.pad_token_id, logits_processor=[clock],
                                   stopping_criteria=self._stop_after_answer)
-        new = out[:, batch["input_ids"].shape[1]:]
-        self._count(batch, start, clock.first, generated=int((new != self.tokenizer.pad_token_id).sum()))
+        new = out[:, input_ids.shape[1]:]
+        self._count(mask, shared, start, clock.first, generated=int((new != self.tokenizer.pad_token_id).sum()))
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
-    def _count(self, batch, start: float, first_step: float | None, generated: int) -> None:
+    def _count(self, mask, shared: int, start: float, first_step: float | None, generated: int) -> None:
         end = time.perf_counter()
-        self.stats.calls += batch["input_ids"].shape[0]
+        self.stats.calls += mask.shape[0]
         self.stats.batches += 1
-        self.stats.prompt_tokens += int(batch["attention_mask"].sum())
+        self.stats.prompt_tokens += int(mask.sum())
+        self.stats.cached_tokens += shared * (mask.shape[0] - 1)
         self.stats.generated_tokens += generated
         self.stats.seconds += end - start
         self.stats.prefill_seconds += (first_step or end) - start
@@ -264,16 +361,18 @@ class LLM:
         results: list[list[float]] = [[] for _ in texts]
         for chunk in self._batches(texts, "score"):
             ids, positions = zip(*(self._skeleton(texts[i], n_slots[i]) for i in chunk))
-            batch = self.tokenizer.pad({"input_ids": list(ids)}, return_tensors="pt").to(self.model.device)
-            pad = [batch["input_ids"].shape[1] - len(x) for x in ids]  # left padding shifts positions
-            shifted = [[p + pad[row] for p in pos] for row, pos in enumerate(positions)]
+            start = time.perf_counter()
+            input_ids, mask, cache, shared = self._inputs(list(ids), keep_from=min(pos[0] for pos in positions))
+            pad = [input_ids.shape[1] - len(x) for x in ids]  # padding shifts positions (before or after the shared part)
+            shifted = [[p + pad[row] - shared for p in pos] for row, pos in enumerate(positions)]  # in the computed part
             keep = sorted({p for pos in shifted for p in pos})
             column = {p: k for k, p in enumerate(keep)}
-            start = time.perf_counter()
             # Only the slot positions go through the LM head: on a 49k vocabulary that head
             # would otherwise cost more than the whole transformer.
-            logits = self.model(**batch, logits_to_keep=torch.tensor(keep, device=self.model.device)).logits
-            self._count(batch, start, None, generated=0)
+            logits = self.model(input_ids=input_ids[:, shared:], attention_mask=mask, past_key_values=cache,
+                                position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:] if shared else None,
+                                logits_to_keep=torch.tensor(keep, device=self.model.device)).logits
+            self._count(mask, shared, start, None, generated=0)
             for row, i in enumerate(chunk):
                 at = torch.tensor([column[p] for p in shifted[row]])
                 probs = logits[row, at][:, digit_ids.to(logits.device)].float().softmax(-1).cpu()
@@ -282,14 +381,13 @@ class LLM:
 
     def _skeleton(self, prompt_text: str, n_slots: int) -> tuple[list[int], list[int]]:
         """Token ids of prompt + answer skeleton, and the positions whose next token is a score."""
-        encode = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-        ids, positions = encode(prompt_text), []
-        digit = encode(SLOT_PLACEHOLDER)
+        ids, positions = self._ids(prompt_text), []
+        digit = self._ids(SLOT_PLACEHOLDER)
         for k in range(1, n_slots + 1):
-            ids += encode(('<answer>{"' if k == 1 else ', "') + f'[{k}]": ')
+            ids += self._ids(('<answer>{"' if k == 1 else ', "') + f'[{k}]": ')
             positions.append(len(ids) - 1)
             ids += digit
-        ids += encode("}</answer>")
+        ids += self._ids("}</answer>")
         return ids, positions
 
 
