@@ -39,7 +39,7 @@ from .evaluate import evaluate
 from .retrieval import BM25, Dense, hybrid
 from .runs import Run, from_orders, ranked_ids
 from .runtime import atomic_path, dataset_root
-from .teachers import CachedTeacher, make_teacher, model_id_of, teacher_backend, teacher_model_name
+from .teachers import CachedBackend, CachedTeacher, make_teacher, model_id_of, teacher_backend, teacher_model_name
 
 # Preset fields that change the synthesised data: a finished dataset is reused only if they match.
 SYNTHESIS_FIELDS = (
@@ -102,11 +102,12 @@ def make_teachers(preset, collection: Collection, retrievers: Retrievers,
     """The preset's (pointwise, listwise) teachers, each behind the disk cache.
 
     "llm" teachers use `backend` if given, else `teachers.teacher_backend(preset)` (the
-    preset's teacher endpoint or local model), loaded once and shared by both roles.
+    preset's teacher endpoint or local model), loaded once and shared by both roles, behind
+    the cache of single calls (`teachers.CachedBackend`: an interrupted pool resumes call by call).
     """
     kinds = (preset.pointwise_teacher, preset.listwise_teacher)
-    if "llm" in kinds and backend is None:
-        backend = teacher_backend(preset)
+    if "llm" in kinds:
+        backend = CachedBackend(backend if backend is not None else teacher_backend(preset))
     return tuple(CachedTeacher(make_teacher(kind, role, preset, collection=collection, bm25=retrievers.bm25,
                                             dense=retrievers.dense, backend=backend))
                  for kind, role in zip(kinds, ("pointwise", "listwise")))

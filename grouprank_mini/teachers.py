@@ -12,8 +12,9 @@ LLM teachers run on any backend the rerankers take: `llm.LLM` for a local Huggin
 `endpoint.EndpointBackend` for an OpenAI-compatible server; `teacher_backend` builds the
 preset's (`teacher_model`, `teacher_endpoint`).
 
-`CachedTeacher` stores every ranking on disk, so an interrupted run loses nothing and a
-re-run costs no model call.
+`CachedTeacher` stores every ranking on disk, so a finished pool costs no model call on a
+re-run; `CachedBackend` stores every reply of a model, so an interrupted pool resends only
+the calls that had not finished.
 """
 from __future__ import annotations
 
@@ -213,29 +214,67 @@ def _required(value, what: str):
     return value
 
 
-# --- disk cache -------------------------------------------------------------------------------------
+# --- disk caches ------------------------------------------------------------------------------------
+
+def _checksum(value) -> str:
+    """sha256 of a JSON value (keys sorted): the cache keys, and the checksums of cached values."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
 
 def cache_key(identity: dict, query: str, doc_ids: list[str], texts: list[str]) -> str:
-    payload = json.dumps([identity, query, doc_ids, texts, prompts.PROMPT_VERSION], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return _checksum([identity, query, doc_ids, texts, prompts.PROMPT_VERSION])
 
 
-def _checksum(ranking: list[str]) -> str:
-    return hashlib.sha256(json.dumps(ranking, ensure_ascii=False).encode("utf-8")).hexdigest()
+def call_key(model_id: str, messages: list[dict], max_new_tokens: int | None) -> str:
+    """Everything a greedy reply depends on: the model, the chat messages, the token budget, the prompt version."""
+    return _checksum([model_id, messages, max_new_tokens, prompts.PROMPT_VERSION])
+
+
+class _DiskCache:
+    """One JSON file per key, ``root/<first two hex digits>/<key>.json``, holding the key, the
+    value under `field` and the value's checksum, written to a temporary name and renamed
+    (`runtime.write_atomic`). An entry that fails to parse, names another key, fails its
+    checksum or the caller's check is not trusted: counted in `recovered`, warned about, and
+    read as missing, so that the caller recomputes it and `put` overwrites it."""
+
+    def __init__(self, root: Path, field: str):
+        self.root, self.field = Path(root), field
+        self.recovered = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str, valid=lambda value: True):
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            value = entry[self.field]
+            ok = entry["key"] == key and entry["checksum"] == _checksum(value) and valid(value)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            return value
+        self.recovered += 1
+        log.warning("%s cache entry %s is damaged; recomputing it", self.root.name, path.name)
+        return None
+
+    def put(self, key: str, value, **labels) -> None:
+        entry = {"key": key, **labels, self.field: value, "checksum": _checksum(value)}
+        write_atomic(self.path(key), json.dumps(entry, ensure_ascii=False))
 
 
 class CachedTeacher:
-    """A teacher whose every ranking is kept as one JSON file under cache_dir()/teachers/.
-
-    Files are written to a temporary name and renamed (atomic), and each holds its key and a
-    checksum of the ranking; a file that fails to parse, names another key, fails its
-    checksum or is not a permutation of the pool is recomputed and overwritten, not trusted.
-    """
+    """A teacher whose every ranking is kept as one JSON file under cache_dir()/teachers/
+    (see `_DiskCache`); a ranking that is not a permutation of the pool is recomputed too.
+    A finished pool therefore costs nothing on a re-run; for the calls of an unfinished one,
+    see `CachedBackend`."""
 
     def __init__(self, teacher: Teacher, root: Path | None = None):
         self.teacher = teacher
-        self.root = Path(root) if root else cache_dir() / "teachers"
-        self.hits = self.misses = self.recovered = 0
+        self.cache = _DiskCache(Path(root) if root else cache_dir() / "teachers", "ranking")
+        self.hits = self.misses = 0
 
     @property
     def name(self) -> str:
@@ -245,34 +284,67 @@ class CachedTeacher:
     def answer_free(self) -> bool:
         return self.teacher.answer_free
 
+    @property
+    def recovered(self) -> int:
+        return self.cache.recovered
+
     def identity(self) -> dict:
         return self.teacher.identity()
 
     def rank(self, query: str, doc_ids: list[str], texts: list[str]) -> list[str]:
         key = cache_key(self.identity(), query, doc_ids, texts)
-        path = self.root / key[:2] / f"{key}.json"
-        cached = self._read(path, key, doc_ids)
+        cached = self.cache.get(key, lambda ranking: sorted(ranking) == sorted(doc_ids))
         if cached is not None:
             self.hits += 1
             return cached
         ranking = self.teacher.rank(query, doc_ids, texts)
         self.misses += 1
-        entry = {"key": key, "teacher": self.name, "ranking": ranking, "checksum": _checksum(ranking)}
-        write_atomic(path, json.dumps(entry, ensure_ascii=False))
+        self.cache.put(key, ranking, teacher=self.name)
         return ranking
 
-    def _read(self, path: Path, key: str, doc_ids: list[str]) -> list[str] | None:
-        if not path.exists():
-            return None
-        try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-            ranking = entry["ranking"]
-            valid = (entry["key"] == key and entry["checksum"] == _checksum(ranking)
-                     and sorted(ranking) == sorted(doc_ids))
-        except (ValueError, KeyError, TypeError):
-            valid = False
-        if valid:
-            return ranking
-        self.recovered += 1
-        log.warning("teacher cache entry %s is damaged; recomputing it", path.name)
-        return None
+
+class CachedBackend:
+    """A chat backend whose every reply is kept as one JSON file under cache_dir()/calls/
+    (key: `call_key`; see `_DiskCache`), so that a run killed in the middle of a pool sends
+    again only the calls that had not finished.
+
+    Each reply is kept as soon as its call is over: one by one from a backend that reports
+    them so (`EndpointBackend.replies_as_completed`), else after each `generate` batch of
+    the backend's `preset.batch_size` prompts (what a local model computes together; one
+    prompt at a time for a backend without a preset). Token-probability scoring is not
+    cached here: it needs `llm.LLM` itself.
+    """
+
+    def __init__(self, backend, root: Path | None = None):
+        self.backend = backend
+        self.cache = _DiskCache(Path(root) if root else cache_dir() / "calls", "reply")
+        self.hits = self.misses = 0
+
+    @property
+    def model_id(self) -> str:
+        return model_id_of(self.backend)
+
+    @property
+    def stats(self):
+        return self.backend.stats  # what was really spent: cached replies cost nothing
+
+    def generate(self, prompts_: list[list[dict]], max_new_tokens: int | None = None) -> list[str]:
+        keys = [call_key(self.model_id, messages, max_new_tokens) for messages in prompts_]
+        replies = [self.cache.get(key, lambda reply: isinstance(reply, str)) for key in keys]
+        todo = [i for i, reply in enumerate(replies) if reply is None]
+        self.hits += len(prompts_) - len(todo)
+        for j, reply in _finished_calls(self.backend, [prompts_[i] for i in todo], max_new_tokens):
+            self.cache.put(keys[todo[j]], reply)
+            replies[todo[j]] = reply
+            self.misses += 1
+        return replies
+
+
+def _finished_calls(backend, prompts_: list[list[dict]], max_new_tokens: int | None):
+    """(index, reply) pairs as soon as `backend` has finished each call (see `CachedBackend`)."""
+    if hasattr(backend, "replies_as_completed"):
+        yield from backend.replies_as_completed(prompts_, max_new_tokens)
+        return
+    size = getattr(getattr(backend, "preset", None), "batch_size", 1)
+    for start in range(0, len(prompts_), size):
+        yield from enumerate(backend.generate(prompts_[start:start + size], max_new_tokens), start)

@@ -1,27 +1,20 @@
-"""Teachers, their disk cache (grouprank_mini.teachers), and the OpenAI-compatible endpoint backend
-(grouprank_mini.endpoint) they can run on.
+"""Teachers and their disk caches (grouprank_mini.teachers): rankings per pool, replies per call.
 
-The endpoint is tested against a scripted HTTP server on 127.0.0.1 started by the tests;
-nothing here touches the outside network.
+The OpenAI-compatible endpoint backend they can run on is tested in test_endpoint.py.
 """
 import json
-import logging
 import re
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 
-from grouprank_mini import get_preset, groups, llm, prompts, runs, teachers
+from grouprank_mini import get_preset, groups, llm, prompts, runs, synthesis, teachers
 from grouprank_mini.data import Collection
-from grouprank_mini.endpoint import EndpointBackend, EndpointError
 from grouprank_mini.llm import LLM
 from grouprank_mini.retrieval import BM25
-from grouprank_mini.teachers import (BM25Teacher, CachedTeacher, DenseTeacher, HumanTeacher, ListwiseLLMTeacher,
-                                     PointwiseLLMTeacher)
+from grouprank_mini.teachers import (BM25Teacher, CachedBackend, CachedTeacher, DenseTeacher, HumanTeacher,
+                                     ListwiseLLMTeacher, PointwiseLLMTeacher)
 
-KEY_ENV, SECRET = "GROUPRANK_TEST_API_KEY", "sk-test-very-secret-4711"
 TEACH = get_preset("smoke", doc_max_chars=100)  # what the LLM teachers read of a preset
 
 
@@ -220,163 +213,98 @@ def test_cache_corruption_is_recomputed(tmp_path, damage):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-# --- endpoint backend -------------------------------------------------------------------------------------
+# --- call cache ----------------------------------------------------------------------------------------------
 
-class Script:
-    """What the fake server does for each request, in turn; the last action repeats."""
+class DyingBackend(OracleBackend):
+    """Answers `lives` prompts, then fails every call, like a process killed in the middle of a pool."""
 
-    def __init__(self, *actions):
-        self.actions, self.seen = list(actions), []
+    def __init__(self, lives: int, preset=None):
+        super().__init__()
+        self.lives, self.batches = lives, []
+        if preset is not None:
+            self.preset = preset
 
-    def next(self):
-        return self.actions.pop(0) if len(self.actions) > 1 else self.actions[0]
-
-
-def reply_json(content: str) -> bytes:
-    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-
-
-class Handler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.script.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        action, arg = self.server.script.next()
-        if action == "sleep":
-            time.sleep(arg)
-            action, arg = "echo", None
-        if action == "status":  # echo the Authorization header back, as a careless server might
-            payload = f"error; you sent {self.headers.get('Authorization')}".encode()
-            self.send_response(arg)
-        elif action == "raw":
-            payload = arg
-            self.send_response(200)
-        else:  # echo: the last user message, so a test can check the order of replies
-            payload = reply_json(body["messages"][-1]["content"])
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+    def generate(self, prompts_, max_new_tokens=None):
+        if self.calls + len(prompts_) > self.lives:
+            raise KeyboardInterrupt
+        self.batches.append(len(prompts_))
+        return super().generate(prompts_, max_new_tokens)
 
 
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.script = Script(("echo", None))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+def behind_both_caches(backend, root):
+    return CachedTeacher(PointwiseLLMTeacher(CachedBackend(backend, root / "calls"), TEACH), root / "teachers")
 
 
-@pytest.fixture
-def endpoint(server, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, SECRET)
-    host, port = server.server_address
-    return EndpointBackend(f"http://{host}:{port}/v1/", "teacher-model", api_key_env=KEY_ENV, timeout=2.0,
-                           max_retries=2, backoff=0.0, workers=3)
+def test_interrupted_pool_resends_only_the_unfinished_calls(tmp_path):
+    ids, texts = pool([3, 9, 0, 8, 5, 1, 7])  # n = 7 different calls
+    with pytest.raises(KeyboardInterrupt):
+        behind_both_caches(DyingBackend(lives=4), tmp_path).rank("q", ids, texts)  # dies after k = 4
+    assert len(list((tmp_path / "calls").rglob("*.json"))) == 4 and not (tmp_path / "teachers").exists()
+    backend = DyingBackend(lives=100)  # the same model (class name) back again
+    again = behind_both_caches(backend, tmp_path)
+    assert again.rank("q", ids, texts) == PointwiseLLMTeacher(OracleBackend(), TEACH).rank("q", ids, texts)
+    assert backend.calls == 7 - 4
+    again.rank("q", ids, texts)
+    assert backend.calls == 3 and again.hits == 1  # a finished pool: the ranking cache answers
 
 
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
+def test_call_cache_keeps_a_local_model_batch_by_batch(tmp_path):
+    """A backend with a preset (llm.LLM) gets `batch_size` prompts per call, each batch kept when done."""
+    ids, texts = pool([3, 9, 0, 8, 5, 1, 7, 2])
+    dying = DyingBackend(lives=7, preset=get_preset("smoke", batch_size=3))
+    with pytest.raises(KeyboardInterrupt):
+        behind_both_caches(dying, tmp_path).rank("q", ids, texts)
+    assert dying.batches == [3, 3]  # the third batch of 3 would pass the 7th call
+    backend = DyingBackend(lives=100, preset=dying.preset)
+    behind_both_caches(backend, tmp_path).rank("q", ids, texts)
+    assert backend.calls == 8 - 6 and backend.batches == [2]
 
 
-def test_endpoint_success_replies_in_prompt_order(server, endpoint):
-    # Requests run in parallel threads, so they may *arrive* in any order; replies must not.
-    assert endpoint.generate([user("one"), user("two"), user("three")], max_new_tokens=7) == ["one", "two", "three"]
-    bodies = sorted((s["body"]["messages"][0]["content"], s) for s in server.script.seen)
-    assert [content for content, _ in bodies] == ["one", "three", "two"]
-    for _, seen in bodies:
-        assert seen["path"] == "/v1/chat/completions" and seen["auth"] == f"Bearer {SECRET}"
-        assert seen["body"]["model"] == "teacher-model" and seen["body"]["max_tokens"] == 7
-        assert seen["body"]["temperature"] == 0
+def test_call_cache_key_covers_model_messages_budget_and_prompt_version(tmp_path, monkeypatch):
+    backend = OracleBackend()
+    cached = CachedBackend(backend, tmp_path)
+    messages = [prompts.groupwise_messages("q", ["document with value 4"], 100)]
+    first = cached.generate(messages, max_new_tokens=20)
+    assert CachedBackend(backend, tmp_path).generate(messages, max_new_tokens=20) == first and backend.calls == 1
+    cached.generate(messages, max_new_tokens=30)
+    backend.model_id = "another-model"
+    cached.generate(messages, max_new_tokens=20)
+    monkeypatch.setattr(prompts, "PROMPT_VERSION", "changed-wording")
+    cached.generate(messages, max_new_tokens=20)
+    assert backend.calls == 4 and (cached.hits, cached.misses) == (0, 4)
 
 
-def test_endpoint_without_key_sends_no_authorization(server, endpoint, monkeypatch):
-    monkeypatch.delenv(KEY_ENV)
-    endpoint.generate([user("x")])
-    assert server.script.seen[0]["auth"] is None
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "checksum", "not text", "other key"])
+def test_call_cache_corruption_is_recomputed(tmp_path, damage):
+    backend = OracleBackend()
+    messages = [prompts.groupwise_messages("q", ["document with value 4"], 100)]
+    first = CachedBackend(backend, tmp_path).generate(messages)
+    path = next(tmp_path.rglob("*.json"))
+    entry = json.loads(path.read_text())
+    damaged = {"truncate": path.read_text()[:25], "garbage": "\x00 not json",
+               "checksum": json.dumps({**entry, "reply": "<answer>{}</answer>"}),
+               "not text": json.dumps({**entry, "reply": 4, "checksum": teachers._checksum(4)}),
+               "other key": json.dumps({**entry, "key": "0" * 64})}[damage]
+    path.write_text(damaged)
+    again = CachedBackend(backend, tmp_path)
+    assert again.generate(messages) == first and (again.cache.recovered, backend.calls) == (1, 2)
+    assert json.loads(path.read_text())["reply"] == first[0]  # repaired on disk
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [path.name]  # no temporary file left
 
 
-def test_endpoint_retries_http_500_then_succeeds(server, endpoint):
-    server.script = Script(("status", 500), ("status", 503), ("echo", None))
-    assert endpoint.generate([user("hello")]) == ["hello"]
-    assert len(server.script.seen) == 3 and endpoint.requests == 3
+def test_call_cache_passes_on_the_backend_model_and_stats(tmp_path):
+    engine = SimpleNamespace(model_id="m", stats=llm.GenerationStats(calls=3), generate=None)
+    cached = CachedBackend(engine, tmp_path)
+    assert cached.model_id == "m" and cached.stats is engine.stats
+    assert teachers.model_id_of(CachedBackend(OracleBackend(), tmp_path)) == "OracleBackend"
 
 
-def test_endpoint_gives_up_after_the_retry_bound(server, endpoint, caplog):
-    server.script = Script(("status", 500))
-    with caplog.at_level(logging.DEBUG), pytest.raises(EndpointError, match="gave up after 3 attempts") as error:
-        endpoint.generate([user("hello")])
-    assert len(server.script.seen) == 3
-    assert SECRET not in str(error.value) and "***" in str(error.value)  # the echoed key is scrubbed
-    assert SECRET not in caplog.text and "attempt 1 failed" in caplog.text
-
-
-def test_endpoint_timeout_is_retried_then_reported(server, endpoint):
-    server.script = Script(("sleep", 1.0))
-    endpoint.timeout = 0.2
-    start = time.perf_counter()
-    with pytest.raises(EndpointError, match="gave up after 3 attempts.*(timed out|Timeout)"):
-        endpoint.generate([user("slow")])
-    assert time.perf_counter() - start < 3.0 and len(server.script.seen) == 3
-
-
-def test_endpoint_timeout_then_success(server, endpoint):
-    server.script = Script(("sleep", 1.0), ("echo", None))
-    endpoint.timeout = 0.3
-    assert endpoint.generate([user("eventually")]) == ["eventually"]
-
-
-MALFORMED = [b"not json at all", b'{"choices": []}', b'{"choices": [{"message": {"content": null}}]}']
-
-
-@pytest.mark.parametrize("raw", MALFORMED)
-def test_endpoint_malformed_reply_reported_after_the_bound(server, endpoint, raw):
-    server.script = Script(("raw", raw))
-    with pytest.raises(EndpointError, match="malformed reply"):
-        endpoint.generate([user("x")])
-    assert len(server.script.seen) == 3
-
-
-def test_endpoint_client_error_is_not_retried(server, endpoint):
-    server.script = Script(("status", 401))
-    with pytest.raises(EndpointError, match="HTTP 401") as error:
-        endpoint.generate([user("x")])
-    assert len(server.script.seen) == 1 and SECRET not in str(error.value)
-
-
-def test_endpoint_never_exposes_the_key(endpoint):
-    assert SECRET not in repr(endpoint) and SECRET not in str(vars(endpoint))
-    assert KEY_ENV in repr(endpoint)
-
-
-def test_endpoint_failure_loses_nothing_cached(server, endpoint, tmp_path):
-    """Pool A is cached; the server then fails on pool B; A survives, and once the server is
-    back A costs no request while B is computed."""
-    server.script = Script(("raw", reply_json('<answer>{"[1]": 4}</answer>')))
-    teacher = CachedTeacher(PointwiseLLMTeacher(endpoint, TEACH), tmp_path)
-    pool_a, pool_b = pool([1, 2, 3]), pool([4, 5])
-    first = teacher.rank("query a", *pool_a)
-    server.script = Script(("status", 500))
-    with pytest.raises(EndpointError):
-        teacher.rank("query b", *pool_b)
-    assert len(list(tmp_path.rglob("*.json"))) == 1
-    server.script = Script(("raw", reply_json('<answer>{"[1]": 6}</answer>')))
-    before = endpoint.requests
-    assert teacher.rank("query a", *pool_a) == first and endpoint.requests == before
-    teacher.rank("query b", *pool_b)
-    assert endpoint.requests == before + 2 and teacher.misses == 2
-    for path in tmp_path.rglob("*"):
-        assert not path.is_file() or SECRET not in path.read_text()
-
-
-def test_teacher_backend_uses_the_preset_endpoint(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    backend = teachers.teacher_backend(get_preset("gpu", teacher_endpoint="http://127.0.0.1:9/v1"))
-    assert isinstance(backend, EndpointBackend) and backend.model_id == "Qwen/Qwen2.5-7B-Instruct"
-    assert backend.url == "http://127.0.0.1:9/v1" and SECRET not in repr(backend)
+def test_make_teachers_puts_llm_teachers_behind_one_call_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROUPRANK_CACHE", str(tmp_path))
+    preset = get_preset("smoke", pointwise_teacher="llm", listwise_teacher="llm")
+    oracle = OracleBackend()
+    point, listwise = synthesis.make_teachers(preset, None, SimpleNamespace(bm25=None, dense=None), oracle)
+    backend = point.teacher.reranker.backend
+    assert isinstance(backend, CachedBackend) and backend is listwise.teacher.reranker.backend
+    assert backend.backend is oracle and backend.cache.root == tmp_path / "calls"
+    assert point.identity()["model"] == "OracleBackend"  # the wrapped backend names the model
