@@ -18,6 +18,7 @@ class Preset:
     quantize_4bit: bool = False  # nf4 through bitsandbytes (QLoRA)
     trust_remote_code: bool = False
     threads: int = 1  # torch threads: default threads thrash a busy 2-core machine
+    activation_checkpointing: bool | None = None  # None: on a GPU only (it trades ~20% compute for memory)
     seed: int = 0
     # --- data ---------------------------------------------------------------------
     collection: str = "cranfield"  # cranfield|cisi|adi|vaswani|bright:<domain>|r2med:<Task>|beir:<folder>
@@ -69,10 +70,12 @@ class Preset:
     grpo_max_steps: int = 10
     grpo_lr: float = 1e-5
     grpo_num_generations: int = 4
-    grpo_batch_size: int = 4  # completions per device step; divisible by num_generations
+    grpo_batch_size: int = 4  # completions per device micro-step
+    grpo_grad_accum: int = 1  # micro-steps per update; batch × this (the generation batch) divides by num_generations
     grpo_temperature: float = 1.0
     grpo_beta: float = 0.001  # KL coefficient
     grpo_max_completion_length: int = 64
+    grpo_vllm: bool = False  # generate with vLLM (TRL's use_vllm, colocate mode): needs a GPU and `pip install vllm`
     reward_utility: bool = True
     reward_alignment: bool = True
     reward_normalized_gain: bool = False  # REARANK's (NDCG-NDCG_init)/(NDCG_best-NDCG_init)
@@ -103,17 +106,43 @@ PRESETS: dict[str, Preset] = {
         # paper's LR 1e-5 the adapter would move ~1/100 of what SFT moved it. 5e-5 lets 20 steps show.
         grpo_lr=5e-5,
     ),
-    # One consumer GPU (>= 12 GB): 4-bit Qwen2.5 from the hub on a BRIGHT domain.
+    # One 24 GB GPU (L4, RTX 3090/4090, A10): 4-bit Qwen2.5-3B learning from a 4-bit Qwen2.5-7B
+    # teacher on BRIGHT biology. Sizes chosen with `python -m grouprank_mini.plan --preset gpu --gpu 24`
+    # (computed, not measured): every stage's peak below 85% of the card, the largest being evaluation
+    # (17.8 GiB: notebook 04 holds five 4-bit copies) and the teachers (17.1 GiB: 8 listwise windows
+    # of 20 documents at the 1500-character cap). Documents are cut at 1500 characters: BRIGHT
+    # biology's average is ~470, and at 3000 a 20-document group (~15k tokens) would no longer fit
+    # sft_max_length nor 8 GRPO completions. Reasoning gets 512 new tokens (the answer to 20
+    # documents takes ~130), GRPO 200 updates of 8 completions per run (notebook 03 runs it 3 times
+    # with the ablations). Expected time ~10.5 h on an L4 (~9.5 h on an RTX 4090) at average document
+    # length, ~17 h if every document hit the cap: token counts from the planner at an assumed 35%
+    # of the card's datasheet tensor FLOPS and 50% of its bandwidth (grouprank_mini/plan.py).
     "gpu": Preset(
         name="gpu", model="Qwen/Qwen2.5-3B-Instruct", quantize_4bit=True, threads=4,
         collection="bright:biology", test_fraction=0.5, rerank_depth=100, group_size=20,
-        passes=4, doc_max_chars=3000, reasoning=True, batch_size=8, max_new_tokens=1024,
+        passes=4, doc_max_chars=1500, reasoning=True, batch_size=8, max_new_tokens=512,
         pool_top_k=10, pool_random_m=40, pool_rank_max=200, synth_group_sizes=(5, 20),
         synth_groups_per_pool=4, pointwise_teacher="llm", listwise_teacher="llm",
         teacher_model="Qwen/Qwen2.5-7B-Instruct",
         lora_r=32, lora_alpha=32, sft_epochs=5.0, sft_lr=3e-5, sft_max_length=8192,
-        grpo_max_steps=500, grpo_num_generations=8, grpo_batch_size=8,
-        grpo_max_completion_length=1024, save_steps=50,
+        grpo_max_steps=200, grpo_num_generations=8, grpo_batch_size=2, grpo_grad_accum=4,
+        grpo_max_completion_length=512, save_steps=50,
+    ),
+    # A 16 GB card without bf16 (a free Colab T4; the kit picks fp16 there by itself): the gpu
+    # recipe with a Qwen2.5-1.5B student and 4 prompts per batch. Planner peaks on a T4 (15 GiB):
+    # teachers 11.2 GiB, evaluation 8.8, GRPO 8.0, SFT 5.8. Expected ~11.6 h on a T4 at average
+    # document length (same assumptions); every stage is cached, so a session cut short resumes.
+    # A 12 GB card fits with --set batch_size=2 (~17 h).
+    "gpu-t4": Preset(
+        name="gpu-t4", model="Qwen/Qwen2.5-1.5B-Instruct", quantize_4bit=True, threads=2,
+        collection="bright:biology", test_fraction=0.5, rerank_depth=100, group_size=20,
+        passes=4, doc_max_chars=1500, reasoning=True, batch_size=4, max_new_tokens=512,
+        pool_top_k=10, pool_random_m=40, pool_rank_max=200, synth_group_sizes=(5, 20),
+        synth_groups_per_pool=4, pointwise_teacher="llm", listwise_teacher="llm",
+        teacher_model="Qwen/Qwen2.5-7B-Instruct",
+        lora_r=32, lora_alpha=32, sft_epochs=5.0, sft_lr=3e-5, sft_max_length=8192,
+        grpo_max_steps=200, grpo_num_generations=8, grpo_batch_size=2, grpo_grad_accum=4,
+        grpo_max_completion_length=512, save_steps=50,
     ),
 }
 

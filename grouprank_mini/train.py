@@ -63,12 +63,11 @@ def lora_config(preset):
 
 def _device_args(preset, output_dir: Path) -> dict:
     """TrainingArguments that depend on the device, the preset's bookkeeping and reproducibility."""
-    gpu = torch.cuda.is_available()
     return dict(
         output_dir=str(output_dir),
-        use_cpu=not gpu,
-        bf16=gpu and torch.cuda.is_bf16_supported(),  # TRL defaults to True, which fails on a CPU
-        activation_checkpointing=gpu,  # TRL defaults to on; it saves GPU memory and only costs time on a CPU
+        use_cpu=not torch.cuda.is_available(),
+        **mixed_precision(llm.device_dtype()),  # TRL's default bf16=True fails on a CPU and a T4
+        activation_checkpointing=checkpointing(preset),
         dataloader_num_workers=0,  # worker processes cost more than they save on 1-2 cores
         report_to="none",
         seed=preset.seed,
@@ -79,14 +78,28 @@ def _device_args(preset, output_dir: Path) -> dict:
     )
 
 
+def mixed_precision(dtype: torch.dtype) -> dict:
+    """Trainer's autocast flags for the dtype the model computes in (`llm.device_dtype`): bf16
+    where the GPU has it, fp16 on one without (a T4), neither on a CPU."""
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
+def checkpointing(preset) -> bool:
+    """Activation (gradient) checkpointing: the preset's choice, else on a GPU only; it saves
+    activation memory, which a GPU lacks, for ~20% more compute, which a CPU lacks."""
+    if preset.activation_checkpointing is None:
+        return torch.cuda.is_available()
+    return preset.activation_checkpointing
+
+
 def _base_model(preset, model=None):
     """The model LoRA goes on: the preset's (4-bit if asked) unless one is passed in."""
     if model is None:
         model, _ = llm.load(preset)
     if getattr(model, "is_loaded_in_4bit", False):
         llm.keep_4bit_gradients(model)  # idempotent; also covers a 4-bit model passed in by the caller
-        # Freezes the base and upcasts its non-quantized weights; checkpointing only where it helps (GPU).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=torch.cuda.is_available())
+        # Freezes the base and upcasts its non-quantized weights to fp32; checkpointing as the trainer does.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing(preset))
     return model
 
 
@@ -181,7 +194,9 @@ def grpo_config(preset, output_dir: Path) -> GRPOConfig:
         max_steps=preset.grpo_max_steps,
         learning_rate=preset.grpo_lr,
         per_device_train_batch_size=preset.grpo_batch_size,  # counts completions
-        per_device_eval_batch_size=preset.grpo_batch_size,  # TRL checks it divides by num_generations
+        gradient_accumulation_steps=preset.grpo_grad_accum,  # TRL generates for all micro-steps at once
+        per_device_eval_batch_size=preset.grpo_batch_size * preset.grpo_grad_accum,  # must divide by num_generations
+        use_vllm=preset.grpo_vllm,  # colocate mode (TRL's default): vLLM shares this process's GPU
         num_generations=preset.grpo_num_generations,
         temperature=preset.grpo_temperature,
         beta=preset.grpo_beta,  # KL to the frozen SFT adapter ("ref"); 0 skips the reference pass
