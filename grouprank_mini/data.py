@@ -10,11 +10,10 @@ import json
 import re
 from pathlib import Path
 
-from . import hubdata
+from . import fetch, hubdata
 # The types live in `collection` (so `hubdata` needs no import of this module); notebooks and
 # callers find them here too, next to the loaders that return them.
 from .collection import Collection, DataError, Split, preset_split, reported, split_queries, unique_id  # noqa: F401
-from .runtime import data_dir
 
 
 # --- dispatch ------------------------------------------------------------------------------
@@ -35,9 +34,11 @@ def load_collection(spec: str, root: Path | str | None = None) -> Collection:
         source = folder or (str(root) if root is not None else None)
         local = {} if source is None else {"source": source}
         return hubdata.load_bright(arg, **local) if kind == "bright" else hubdata.load_r2med(arg, **local)
+    if kind in fetch.beir_sets():  # scifact, nfcorpus: BEIR folders that `fetch` writes under data/
+        return load_beir(fetch.locate(kind, root, load_beir))
     if kind not in LOCAL:
         raise KeyError(f"unknown collection {spec!r}; choose from {sorted(LOCAL)} or beir:/bright:/r2med:")
-    return LOCAL[kind]((Path(root) if root is not None else data_dir()) / kind)
+    return LOCAL[kind](fetch.locate(kind, root, LOCAL[kind]))  # fetched first when missing and online
 
 
 # --- SMART format (Cranfield, CISI, ADI, and others with more field letters) ----------------
@@ -246,3 +247,6 @@ LOCAL = {
     "vaswani": load_vaswani,
 }
 
+
+if __name__ == "__main__":  # `python -m grouprank_mini.data fetch NAME [...]` (see `fetch.main`)
+    fetch.main(None, lambda name: LOCAL.get(name, load_beir))

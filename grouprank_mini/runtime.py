@@ -26,17 +26,26 @@ def cache_dir() -> Path:
     return path
 
 
-def data_dir() -> Path:
-    """The folder holding the classic test collections (cranfield/, cisi/, ...)."""
+def data_places() -> list[Path]:
+    """Where the test collections are looked for, in order: $GROUPRANK_DATA when set, the kit's own
+    data/ (where `make data` puts them; <cache>/data for a package installed outside a clone, since
+    site-packages is no place for them), then ../shared/data beside the project. Fetches go to the first."""
     configured = os.environ.get("GROUPRANK_DATA")
-    candidates = [Path(configured)] if configured else [PROJECT_ROOT.parent / "shared" / "data"]
-    for path in candidates:
-        if path.is_dir():
+    own = PROJECT_ROOT / "data" if (PROJECT_ROOT / "pyproject.toml").is_file() else cache_dir() / "data"
+    return ([Path(configured)] if configured else []) + [own, PROJECT_ROOT.parent / "shared" / "data"]
+
+
+def data_dir(name: str | None = None) -> Path:
+    """The first of `data_places()` that holds collection `name` (a folder such as cranfield/), or
+    with no name any collection folder."""
+    places = data_places()
+    for path in places:
+        if (path / name).is_dir() if name else path.is_dir() and any(p.is_dir() for p in path.iterdir()):
             return path
+    wanted = name or "cranfield"
     raise FileNotFoundError(
-        f"No test collections found at {candidates[0]}. Set GROUPRANK_DATA to a folder holding "
-        "cranfield/ (cran.all.1400, cran.qry, cranqrel), cisi/, adi/ or vaswani/; the files are "
-        "free to download from the Glasgow IR resources page (ir.dcs.gla.ac.uk/resources/test_collections)."
+        f"No {name or 'collection'} folder in {' or '.join(map(str, places))}: run `make data` (or `python -m "
+        f"grouprank_mini.data fetch {wanted}`) on a machine with internet, or set GROUPRANK_DATA to a folder holding {wanted}/."
     )
 
 

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "grouprank_mini"
 # engine (a teacher is a reranker of its pool, so rerank sits below synthesis) → synthesis →
 # training → experiments → what notebooks and the main job call.
 LAYERS = [
-    "config", "runtime", "runs", "prompts", "parsing", "plots",  # no kit imports but these
+    "config", "runtime", "fetch", "runs", "prompts", "parsing", "plots",  # no kit imports but these
     "collection", "hubdata", "data", "evaluate", "retrieval",  # data and first-stage retrieval
     "groups", "llm", "endpoint", "rerank",  # inference
     "teachers", "synthesis",  # answer-free data
