@@ -31,6 +31,12 @@ test: setup
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval-lax notebooks
 
+# Fetch the test collections into data/ (needs internet; a collection found already is kept).
+.PHONY: data
+COLLECTIONS ?= cranfield cisi adi vaswani
+data: setup
+	$(PY) -m grouprank_mini.data fetch $(COLLECTIONS)
+
 benchmark: setup
 	$(PY) benchmarks/rerank_paradigms.py --preset $(PRESET)
 

@@ -53,6 +53,9 @@ class FetchError(RuntimeError):
     """A download or fetched collection that cannot be used; the message names the URL or file."""
 
 
+_UNREADABLE = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error)  # a damaged archive, as each module says it
+
+
 # --- the manifest ----------------------------------------------------------------------------------
 
 def manifest_path() -> Path:
@@ -142,18 +145,28 @@ def _from_ir_datasets(entry: dict, folder: Path) -> None:
     """ir_datasets fetches (or finds in its cache) and parses; we write the kit's layout."""
     irds = _ir_datasets()
     source = entry["source"]
-    if os.environ.get("GROUPRANK_MIRROR"):  # put the archive where ir_datasets keeps its downloads
-        cached = irds.util.home_path() / source["cache"]
-        if not cached.exists():
-            download(_mirrored(source["url"]), cached, **_sums(source))
-    for file, spec in entry["files"].items():
-        dataset = irds.load(f"{source['ir_datasets']}/{spec['subset']}" if "subset" in spec else source["ir_datasets"])
-        path = folder / file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if entry["layout"] == "smart":  # Cranfield: its original files, byte for byte
-            shutil.copyfile(getattr(dataset, f"{spec['from']}_path")(), path)
-        else:
-            _write_records(path, entry["layout"], spec["from"], getattr(dataset, f"{spec['from']}_iter")())
+    cached = irds.util.home_path() / source["cache"]
+    if os.environ.get("GROUPRANK_MIRROR") and not cached.exists():  # where ir_datasets keeps its downloads
+        download(_mirrored(source["url"]), cached, **_sums(source))
+    try:
+        for file, spec in entry["files"].items():
+            _write_file(irds, entry, spec, folder / file)
+    except (OSError, RuntimeError, ValueError, *_UNREADABLE) as err:  # requests' errors are OSErrors
+        # ir_datasets keeps only verified downloads, so an archive there that fails came from elsewhere
+        # (a copy put by hand): remove it, or every later fetch would fail on it again.
+        where = f"{cached}, now removed" if cached.exists() else source["url"]
+        cached.unlink(missing_ok=True)
+        raise FetchError(f"{source['ir_datasets']} ({where}): {type(err).__name__}: {err}") from None
+
+
+def _write_file(irds, entry: dict, spec: dict, path: Path) -> None:
+    source = entry["source"]["ir_datasets"]
+    dataset = irds.load(f"{source}/{spec['subset']}" if "subset" in spec else source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if entry["layout"] == "smart":  # Cranfield: its original files, byte for byte
+        shutil.copyfile(getattr(dataset, f"{spec['from']}_path")(), path)
+    else:
+        _write_records(path, entry["layout"], spec["from"], getattr(dataset, f"{spec['from']}_iter")())
 
 
 def _ir_datasets():
@@ -279,7 +292,7 @@ def unpack(archive: Path, names: list[str], folder: Path) -> None:
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 with members[found[0]]() as source, open(folder / name, "wb") as out:
                     shutil.copyfileobj(source, out)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+    except _UNREADABLE as err:
         raise FetchError(f"{archive}: not a readable archive ({type(err).__name__}: {err})") from None
 
 

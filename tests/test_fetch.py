@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -86,6 +87,19 @@ class Server:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """No test here may reach past this machine: a name other than the loopback does not resolve."""
+    resolve = socket.getaddrinfo
+
+    def guarded(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost"):
+            raise socket.gaierror(f"test_fetch: no network beyond 127.0.0.1 (asked for {host})")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
 
 
 @pytest.fixture
@@ -336,6 +350,16 @@ def test_an_archive_unlike_its_published_md5_is_refused(irds_home, server, monke
     with pytest.raises(fetch.FetchError, match=r"nfcorpus\.zip: gave up after 3 attempts; last: .*md5 .*expected 0{32}"):
         fetch.fetch("nfcorpus", load_beir, into=tmp_path)
     assert leftovers(tmp_path) == [] and not (irds_home / entry["source"]["cache"]).exists()
+
+
+def test_an_unreadable_archive_in_the_ir_datasets_cache_is_named_and_removed(irds_home, monkeypatch, tmp_path):
+    cached = irds_home / fetch.catalog()["nfcorpus"]["source"]["cache"]  # present, so ir_datasets downloads nothing
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"PK\x03\x04 not really a zip")
+    monkeypatch.delenv("GROUPRANK_MIRROR", raising=False)
+    with pytest.raises(fetch.FetchError, match=r"beir/nfcorpus \(.*source\.zip, now removed\): BadZipFile"):
+        fetch.fetch("nfcorpus", load_beir, into=tmp_path)
+    assert not cached.exists() and leftovers(tmp_path) == []
 
 
 def test_the_manifest_agrees_with_ir_datasets_on_every_source(irds_home):
