@@ -1,4 +1,5 @@
-"""BRIGHT and R2MED loaders, on folders written here exactly as the hub repositories lay them out."""
+"""BRIGHT and R2MED loaders, on folders written here exactly as the hub repositories lay them out
+(tests/hub_folders.py), and on the ways such folders arrive damaged."""
 from __future__ import annotations
 
 import copy
@@ -6,67 +7,21 @@ import json
 import math
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from hub_folders import BRIGHT, R2MED, write_bright, write_hub_repo, write_r2med
 
 from grouprank_mini.data import Collection, DataError, load_collection
 from grouprank_mini.evaluate import evaluate
 from grouprank_mini.hubdata import HubOfflineError, hub_offline, load_bright, load_r2med
-from grouprank_mini.runtime import PROJECT_ROOT
-
-R2MED_DEMO = PROJECT_ROOT.parent / "shared" / "reference" / "r2med_biology_demo"
-
-
-def write_hub_repo(folder: Path, files: dict[tuple[str, str], tuple[str, list[dict]]]) -> str:
-    """Write {(config, split): (path in repo, rows)} as parquet or jsonl (by the path's suffix),
-    plus the README.md whose YAML `configs:` tells `datasets` which file is which split."""
-    by_config: dict[str, list[tuple[str, str]]] = {}
-    for (config, split), (path, rows) in files.items():
-        target = folder / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if path.endswith(".parquet"):
-            pq.write_table(pa.Table.from_pylist(rows), target)
-        else:
-            target.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        by_config.setdefault(config, []).append((split, path))
-    yaml = ["---", "configs:"]
-    for config, entries in by_config.items():
-        yaml += [f"- config_name: {config}", "  data_files:"]
-        yaml += [line for split, path in entries for line in (f"  - split: {split}", f"    path: {path}")]
-    (folder / "README.md").write_text("\n".join(yaml + ["---", "", "# test fixture", ""]))
-    return str(folder)
-
-
-# --- BRIGHT: configs examples / documents / long_documents, one split per domain ------------------
-
-def bright_example(qid, query, gold, gold_long, excluded):
-    return {"query": query, "reasoning": "why", "id": qid, "excluded_ids": excluded,
-            "gold_ids": gold, "gold_ids_long": gold_long}
-
-
-BRIGHT = {
-    ("examples", "biology"): [
-        bright_example("0", "Why do moths fly towards light?", ["d1", "d2"], ["L1"], ["N/A"]),
-        bright_example("1", "How do plant roots sense gravity?", ["d3"], ["L2"], ["d1"]),
-        bright_example("2", "Why is blood red?", ["d2"], ["L1"], []),
-    ],
-    ("documents", "biology"): [{"id": f"d{i}", "content": f"biology passage {i}"} for i in range(1, 6)],
-    ("long_documents", "biology"): [{"id": f"L{i}", "content": f"long biology page {i}\n  second line"} for i in range(1, 4)],
-    ("examples", "earth_science"): [bright_example("0", "Why is the sky blue?", ["e1"], ["e1"], [])],
-    ("documents", "earth_science"): [{"id": "e1", "content": "Rayleigh scattering"}],
-}
-
-
-def write_bright(folder: Path, tables=BRIGHT) -> str:
-    return write_hub_repo(folder, {(config, split): (f"{config}/{split}-00000-of-00001.parquet", rows)
-                                   for (config, split), rows in tables.items()})
+from grouprank_mini.runtime import KitWarning
 
 
 @pytest.fixture
 def bright_repo(tmp_path) -> str:
     return write_bright(tmp_path / "BRIGHT")
 
+
+# --- BRIGHT: configs examples / documents / long_documents, one split per domain ------------------
 
 def test_bright_documents_gold_ids_and_excluded(bright_repo):
     collection = load_bright("biology", source=bright_repo)
@@ -78,13 +33,21 @@ def test_bright_documents_gold_ids_and_excluded(bright_repo):
     assert collection.excluded == {"1": {"d1"}}  # "N/A" is a placeholder, not an id
 
 
-def test_bright_long_documents_use_gold_ids_long(bright_repo):
-    collection = load_bright("biology:long", source=bright_repo)
+def _with(tables, config: str, split: str, row: int, **changes) -> dict:
+    tables = copy.deepcopy(tables)
+    tables[(config, split)][row].update(changes)
+    return tables
+
+
+def test_bright_long_documents_use_gold_ids_long(tmp_path):
+    # excluded_ids must name documents of the variant loaded: here a long document
+    source = write_bright(tmp_path / "BRIGHT", _with(BRIGHT, "examples", "biology", 1, excluded_ids=["L3"]))
+    collection = load_bright("biology:long", source=source)
     assert collection.name == "bright:biology:long"
     assert sorted(collection.docs) == ["L1", "L2", "L3"]
     assert collection.docs["L1"] == "long biology page 1\n  second line"  # line breaks kept (code documents)
     assert collection.qrels == {"0": {"L1": 1}, "1": {"L2": 1}, "2": {"L1": 1}}
-    assert collection.excluded == {"1": {"d1"}}
+    assert collection.excluded == {"1": {"L3"}}
 
 
 def test_bright_domain_is_the_split(bright_repo):
@@ -101,52 +64,65 @@ def test_evaluate_honours_bright_excluded_ids(bright_repo):
     assert evaluate(run, unfiltered, qids=["1"])["nDCG@10"] == pytest.approx(1 / math.log2(3))
 
 
-def _broken(config: str, split: str, row: int, **changes) -> dict:
-    tables = copy.deepcopy(BRIGHT)
-    tables[(config, split)][row].update(changes)
-    return tables
+EXAMPLES, DOCUMENTS = "examples/biology-00000-of-00001.parquet", "documents/biology-00000-of-00001.parquet"
 
 
-@pytest.mark.parametrize("tables, config, row, message", [
-    (_broken("examples", "biology", 1, query=None), "examples", 2, "missing field(s) ['query']"),
-    (_broken("examples", "biology", 0, excluded_ids=None), "examples", 1, "missing field(s) ['excluded_ids']"),
-    (_broken("examples", "biology", 2, gold_ids=["nope"]), "examples", 3, "gold_ids names unknown document(s) ['nope']"),
-    (_broken("examples", "biology", 2, id="0"), "examples", 3, "duplicate id '0'"),
-    (_broken("documents", "biology", 1, content="   "), "documents", 2, "empty content"),
-    (_broken("documents", "biology", 3, id="d1"), "documents", 4, "duplicate id 'd1'"),
+@pytest.mark.parametrize("tables, file, row, message", [
+    (_with(BRIGHT, "examples", "biology", 1, query=None), EXAMPLES, 2, "missing field(s) ['query']"),
+    (_with(BRIGHT, "examples", "biology", 0, excluded_ids=None), EXAMPLES, 1, "missing field(s) ['excluded_ids']"),
+    (_with(BRIGHT, "examples", "biology", 2, gold_ids=["nope"]), EXAMPLES, 3, "gold_ids names unknown document(s) ['nope']"),
+    (_with(BRIGHT, "examples", "biology", 2, id="0"), EXAMPLES, 3, "duplicate id '0'"),
+    (_with(BRIGHT, "documents", "biology", 1, content="   "), DOCUMENTS, 2, "empty content"),
+    (_with(BRIGHT, "documents", "biology", 3, id="d1"), DOCUMENTS, 4, "duplicate id 'd1'"),
 ])
-def test_bright_bad_rows_name_config_and_row(tmp_path, tables, config, row, message):
+def test_bright_bad_rows_name_file_and_row(tmp_path, tables, file, row, message):
     source = write_bright(tmp_path / "BRIGHT", tables)
     with pytest.raises(DataError) as err:
         load_bright("biology", source=source)
-    assert f"config '{config}' split 'biology': row {row}: {message}" in str(err.value)
+    assert f"{file}: row {row}: {message}" in str(err.value)
+
+
+# BRIGHT's evaluation asserts that no gold id is excluded and pops every excluded id from the
+# scores of all documents (a KeyError for an id that names none): a copy breaking either is damaged.
+@pytest.mark.parametrize("excluded, message", [
+    (["d3"], "excluded_ids and gold_ids share ['d3']"),
+    (["d9"], "excluded_ids names unknown document(s) ['d9']"),
+])
+def test_bright_exclusions_are_checked_as_brights_evaluation_does(tmp_path, excluded, message):
+    source = write_bright(tmp_path / "BRIGHT", _with(BRIGHT, "examples", "biology", 1, excluded_ids=excluded))
+    with pytest.raises(DataError) as err:
+        load_bright("biology", source=source)
+    assert f"{EXAMPLES}: row 2: {message}" in str(err.value)
+
+
+def test_bright_long_variant_rejects_an_exclusion_naming_a_short_document(bright_repo):
+    with pytest.raises(DataError, match=r"row 2: excluded_ids names unknown document\(s\) \['d1'\]"):
+        load_bright("biology:long", source=bright_repo)
 
 
 def test_bright_unknown_domain_or_spec(bright_repo):
-    with pytest.raises(DataError, match="config 'documents' split 'physics'.*Unknown split"):
+    with pytest.raises(DataError, match=r"README.md: config 'documents' has no split 'physics' \(it has \['biology', "):
         load_bright("physics", source=bright_repo)
     with pytest.raises(ValueError, match="'<domain>:long'"):
         load_bright("biology:short", source=bright_repo)
 
 
+def test_bright_empty_documents_table(tmp_path):
+    tables = copy.deepcopy(BRIGHT)
+    tables[("documents", "biology")] = []
+    source = write_bright(tmp_path / "BRIGHT", tables)
+    with pytest.raises(DataError, match=f"{DOCUMENTS}: holds no rows"):
+        load_bright("biology", source=source)
+
+
+def test_bright_damaged_parquet_names_the_file(bright_repo):
+    path = Path(bright_repo) / DOCUMENTS
+    path.write_bytes(path.read_bytes()[:-40])  # the footer is gone
+    with pytest.raises(DataError, match=f"{DOCUMENTS}: not a readable parquet file"):
+        load_bright("biology", source=bright_repo)
+
+
 # --- R2MED: configs query / corpus / qrels, each with one split named after it --------------------
-
-R2MED = {
-    "query": [{"id": "0", "text": "Why does my knee click?", "doc_id": ["p1"], "answer": "...", "body_system": ""},
-              {"id": "1", "text": "What lowers blood pressure?", "doc_id": ["p2", "p3"], "answer": "...", "body_system": ""}],
-    "corpus": [{"id": "p1", "text": "Crepitus is ..."}, {"id": "p2", "text": "Diuretics ..."},
-               {"id": "p3", "text": " ACE inhibitors ... "}, {"id": "p4", "text": "Unrelated."}],
-    "qrels": [{"q_id": "0", "p_id": "p1", "score": 1}, {"q_id": "1", "p_id": "p2", "score": 2},
-              {"q_id": "1", "p_id": "p3", "score": 1}],
-}
-
-
-def write_r2med(folder: Path, tables=R2MED, split_names=None) -> str:
-    """As `R2MED/<Task>` on the hub: query.jsonl, corpus.jsonl, qrels.jsonl, split = config name."""
-    split_names = split_names or {config: config for config in tables}
-    return write_hub_repo(folder, {(config, split_names[config]): (f"{config}.jsonl", rows)
-                                   for config, rows in tables.items()})
-
 
 def test_r2med_from_hub_layout(tmp_path):
     collection = load_r2med("Medical-Sciences", source=write_r2med(tmp_path / "Medical-Sciences"))
@@ -162,68 +138,175 @@ def test_r2med_takes_the_only_split_whatever_its_name(tmp_path):
     assert load_r2med("Biology", source=source).qrels == {"0": {"p1": 1}, "1": {"p2": 2, "p3": 1}}
 
 
-def _r2med_broken(config: str, row: int, **changes) -> dict:
+def _r2med_with(config: str, row: int, **changes) -> dict:
     tables = copy.deepcopy(R2MED)
     tables[config][row].update(changes)
     return tables
 
 
 @pytest.mark.parametrize("tables, config, row, message", [
-    (_r2med_broken("qrels", 1, q_id="9"), "qrels", 2, "judgment names unknown query '9'"),
-    (_r2med_broken("qrels", 2, p_id="p9"), "qrels", 3, "judgment names unknown document 'p9'"),
-    (_r2med_broken("qrels", 0, score="high"), "qrels", 1, "score 'high' is not a number"),
-    (_r2med_broken("qrels", 0, score=None), "qrels", 1, "missing field(s) ['score']"),
-    (_r2med_broken("corpus", 1, id="p1"), "corpus", 2, "duplicate id 'p1'"),
-    (_r2med_broken("query", 1, text=""), "query", 2, "empty text"),
+    (_r2med_with("qrels", 1, q_id="9"), "qrels", 2, "judgment names unknown query '9' (not in "),
+    (_r2med_with("qrels", 2, p_id="p9"), "qrels", 3, "judgment names unknown document 'p9' (not in "),
+    (_r2med_with("qrels", 0, score="high"), "qrels", 1, "score: grade 'high' is not a number"),
+    (_r2med_with("qrels", 0, score=None), "qrels", 1, "missing field(s) ['score']"),
+    (_r2med_with("qrels", 0, score=float("inf")), "qrels", 1, "score: grade inf is not a finite number"),
+    (_r2med_with("qrels", 0, score=0.5), "qrels", 1, "score: grade 0.5 is not a whole number"),
+    (_r2med_with("corpus", 1, id="p1"), "corpus", 2, "duplicate id 'p1'"),
+    (_r2med_with("query", 1, text=""), "query", 2, "empty text"),
 ])
-def test_r2med_bad_rows_name_config_and_row(tmp_path, tables, config, row, message):
+def test_r2med_bad_rows_name_file_and_line(tmp_path, tables, config, row, message):
     source = write_r2med(tmp_path / "Biology", tables)
     with pytest.raises(DataError) as err:
         load_r2med("Biology", source=source)
-    assert f"config '{config}' split '{config}': row {row}: {message}" in str(err.value)
+    assert f"{config}.jsonl:{row}: {message}" in str(err.value)
+
+
+def test_r2med_unknown_document_names_the_corpus_file(tmp_path):
+    source = write_r2med(tmp_path / "Biology", _r2med_with("qrels", 2, p_id="p9"))
+    with pytest.raises(DataError, match=r"qrels.jsonl:3: .* \(not in .*corpus.jsonl\)"):
+        load_r2med("Biology", source=source)
+
+
+def test_r2med_duplicate_and_negative_judgments_warn(tmp_path):
+    tables = copy.deepcopy(R2MED)
+    tables["qrels"] += [{"q_id": "1", "p_id": "p2", "score": 1}, {"q_id": "1", "p_id": "p4", "score": -1}]
+    source = write_r2med(tmp_path / "Biology", tables)
+    with pytest.warns(KitWarning) as caught:
+        collection = load_r2med("Biology", source=source)
+    messages = [str(w.message) for w in caught]
+    assert any("1 duplicate judgment(s), the later grade kept; first: " in m and "qrels.jsonl:4" in m for m in messages)
+    assert any("1 negative grade(s) read as 0" in m and "qrels.jsonl:5" in m for m in messages)
+    assert collection.qrels["1"] == {"p2": 1, "p3": 1, "p4": 0}
 
 
 def test_folders_sharing_a_name_or_edited_are_not_served_stale_rows(tmp_path):
-    # datasets alone would cache both "Biology" folders under one key and return the first one's rows.
     first = write_r2med(tmp_path / "a" / "Biology")
-    second = write_r2med(tmp_path / "b" / "Biology", _r2med_broken("query", 0, text="Why do knees creak?"))
+    second = write_r2med(tmp_path / "b" / "Biology", _r2med_with("query", 0, text="Why do knees creak?"))
     assert load_r2med("Biology", source=first).queries["0"] == "Why does my knee click?"
     assert load_r2med("Biology", source=second).queries["0"] == "Why do knees creak?"
-    write_r2med(Path(first), _r2med_broken("query", 0, text="Edited in place, a little longer"))
+    write_r2med(Path(first), _r2med_with("query", 0, text="Edited in place, a little longer"))
     assert load_r2med("Biology", source=first).queries["0"] == "Edited in place, a little longer"
 
 
 def test_missing_data_file_in_a_local_folder(tmp_path):
     source = write_r2med(tmp_path / "Biology")
     (Path(source) / "corpus.jsonl").unlink()
-    with pytest.raises(DataError, match="config 'corpus'"):
+    with pytest.raises(DataError, match=r"README.md: config 'corpus': Unable to find .*corpus.jsonl"):
         load_r2med("Biology", source=source)
 
 
-def read_demo(name: str) -> list[dict]:
-    if not R2MED_DEMO.is_dir():
-        pytest.skip(f"no R2MED demo rows at {R2MED_DEMO}")
-    return [json.loads(line) for line in (R2MED_DEMO / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+# --- a sample in R2MED's own layout: three plain jsonl files, no README ------------------------------
+
+# Shaped like an R2MED Biology excerpt: queries with their doc lists, two corpus rows, and
+# judgments that name documents the excerpt's corpus does not hold.
+SAMPLE = {
+    "query": [{"id": "0", "text": "Claim in article about why insects are attracted to light\nIn this article ...",
+               "doc_id": ["insects/Phototaxis_3.txt", "insects/Causation_0.txt"], "answer": "...", "body_system": ""},
+              {"id": "1", "text": "Why do I only breathe out of one nostril?", "doc_id": ["nostril/Nasal_cycle_3.txt"],
+               "answer": "...", "body_system": ""}],
+    "corpus": [{"id": "neanderthals/Neanderthal_0_43.txt", "text": " pelvises; and proportionally shorter forearms"},
+               {"id": "neanderthals/Neanderthal_0_119.txt", "text": " Gorham's Cave, Gibraltar, were discovered"}],
+    "qrels": [{"q_id": "0", "p_id": "insects/Phototaxis_3.txt", "score": 1},
+              {"q_id": "0", "p_id": "insects/Causation_0.txt", "score": 1}],
+}
 
 
-def test_r2med_demo_rows(tmp_path):
-    tables = {name: read_demo(name) for name in ("query", "corpus", "qrels")}
-    # The demo is an excerpt: its judgments name documents its two corpus rows do not hold.
-    with pytest.raises(DataError, match=r"config 'qrels' split 'qrels': row 1: judgment names unknown document "
-                                        r"'insects_attracted_to_light/Phototaxis_3.txt'"):
-        load_r2med("Biology", source=write_r2med(tmp_path / "excerpt", tables))
+def test_r2med_sample_layout_without_readme(tmp_path):
+    excerpt = write_r2med(tmp_path / "excerpt", SAMPLE, readme=False)
+    assert not (Path(excerpt) / "README.md").exists()
+    # the excerpt is read (no "BuilderConfig not found"); its judgments name documents it lacks
+    with pytest.raises(DataError, match=r"qrels.jsonl:1: judgment names unknown document 'insects/Phototaxis_3.txt' "
+                                        r"\(not in .*excerpt/corpus.jsonl\); 1 more"):
+        load_r2med("Biology", source=excerpt)
 
-    judged = [row["p_id"] for row in tables["qrels"]]
-    tables["corpus"] += [{"id": doc_id, "text": f"stand-in for {doc_id}"} for doc_id in judged]
-    collection = load_r2med("Biology", source=write_r2med(tmp_path / "Biology", tables))
+    tables = copy.deepcopy(SAMPLE)
+    tables["corpus"] += [{"id": row["p_id"], "text": f"stand-in for {row['p_id']}"} for row in SAMPLE["qrels"]]
+    collection = load_collection(f"r2med:Biology@{write_r2med(tmp_path / 'Biology', tables, readme=False)}")
     assert len(collection.queries) == 2 and len(collection.docs) == 4
-    assert collection.queries["0"].startswith("Claim in article about why insects are attracted to light\nIn this article")
-    assert collection.docs["neanderthals_vitamin_C_diet/Neanderthal_0_43.txt"].startswith("pelvises; and proportionally")
-    assert collection.qrels == {"0": {"insects_attracted_to_light/Phototaxis_3.txt": 1,
-                                      "insects_attracted_to_light/Proximate_and_ultimate_causation_0.txt": 1}}
+    assert collection.queries["0"].startswith("Claim in article about why insects are attracted to light\nIn this")
+    assert collection.docs["neanderthals/Neanderthal_0_43.txt"] == "pelvises; and proportionally shorter forearms"
+    assert collection.qrels == {"0": {"insects/Phototaxis_3.txt": 1, "insects/Causation_0.txt": 1}}
     assert collection.judged_queries() == ["0"]
-    perfect = {"0": {judged[0]: 2.0, judged[1]: 1.0, "neanderthals_vitamin_C_diet/Neanderthal_0_43.txt": 0.5}}
+    perfect = {"0": {"insects/Phototaxis_3.txt": 2.0, "insects/Causation_0.txt": 1.0}}
     assert evaluate(perfect, collection)["nDCG@10"] == pytest.approx(1.0)
+
+
+# --- damaged local folders -----------------------------------------------------------------------
+
+def test_folder_without_configs_block_says_what_the_readme_needs(tmp_path):
+    source = write_bright(tmp_path / "BRIGHT")
+    (Path(source) / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n# BRIGHT\n")
+    with pytest.raises(DataError) as err:
+        load_bright("biology", source=source)
+    message = str(err.value)
+    assert "README.md: has no YAML configs: block, so the data files of config 'documents' are unknown" in message
+    assert "configs:\n- config_name: documents\n  data_files:\n  - split: <split>\n" in message
+    (Path(source) / "README.md").unlink()
+    with pytest.raises(DataError, match="README.md: is missing, so the data files of config 'documents'"):
+        load_bright("biology", source=source)
+
+
+def test_unreadable_readme_header(tmp_path):
+    source = write_bright(tmp_path / "BRIGHT")
+    (Path(source) / "README.md").write_text("---\nconfigs: [\n---\n")
+    with pytest.raises(DataError, match="README.md: its YAML header cannot be read"):
+        load_bright("biology", source=source)
+
+
+@pytest.mark.parametrize("content, line, message", [
+    (b'{"id": "0", "text": "a"}\n{"id": "1", "text": "b"}\n{"id": "2", "te', 3,
+     "not valid JSON (Unterminated string starting at); the file ends inside this line: is it truncated?"),
+    (b'{"id": "0", "text": "caf\xe9"}\n', 1, "byte 0xe9 is not UTF-8"),
+    (b'{"id": "0", "text": "a"}\n[1, 2]\n', 2, "not a JSON object"),
+])
+def test_damaged_hub_jsonl_names_file_and_line(tmp_path, content, line, message):
+    source = write_r2med(tmp_path / "Biology")
+    (Path(source) / "query.jsonl").write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_r2med("Biology", source=source)
+    assert f"query.jsonl:{line}: {message}" in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n"])
+def test_empty_hub_jsonl(tmp_path, content):
+    source = write_r2med(tmp_path / "Biology")
+    (Path(source) / "corpus.jsonl").write_bytes(content)
+    with pytest.raises(DataError, match="corpus.jsonl: holds no rows"):
+        load_r2med("Biology", source=source)
+
+
+def test_hub_jsonl_with_a_byte_order_mark(tmp_path):
+    source = write_r2med(tmp_path / "Biology")
+    path = Path(source) / "query.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert list(load_r2med("Biology", source=source).queries) == ["0", "1"]
+
+
+def test_a_mistyped_local_folder_is_not_taken_for_a_hub_dataset(tmp_path):
+    missing = tmp_path / "BRIGTH"
+    with pytest.raises(DataError, match=f"{missing}: no such folder"):
+        load_collection(f"bright:biology@{missing}")
+    with pytest.raises(DataError, match="no such folder"):
+        load_bright("biology", source=str(missing))
+    with pytest.raises(DataError, match="no such folder"):
+        load_r2med("Biology", source="./Biology")
+    with pytest.raises(ValueError, match="the folder is missing"):
+        load_collection("bright:biology@")
+
+
+def test_a_file_as_source_is_reported_as_a_file(tmp_path, bright_repo):
+    path = Path(bright_repo) / "README.md"
+    with pytest.raises(DataError, match=f"{path}: is a file; a local source is a folder"):
+        load_bright("biology", source=str(path))
+    with pytest.raises(DataError, match="is a file"):
+        load_collection(f"r2med:Biology@{path}")
+
+
+def test_unsupported_data_file_type(tmp_path):
+    source = write_hub_repo(tmp_path / "R", {("query", "query"): ("query.csv", [])})
+    (Path(source) / "query.csv").write_text("id,text\n0,a\n")
+    with pytest.raises(DataError, match=r"query.csv: cannot read .csv files"):
+        load_r2med("Biology", source=source)
 
 
 # --- the hub itself is off in tests -----------------------------------------------------------
@@ -236,16 +319,12 @@ def test_hub_id_while_offline_says_how_to_go_online(spec):
 
 
 def test_load_collection_reads_a_local_hub_shaped_folder(bright_repo, tmp_path):
-    from grouprank_mini.data import load_collection
-
     assert load_collection("bright:biology", root=bright_repo).docs == load_bright("biology", source=bright_repo).docs
     r2med = load_collection("r2med:Medical-Sciences", root=write_r2med(tmp_path / "Medical-Sciences"))
     assert r2med.name == "r2med:Medical-Sciences" and r2med.qrels
 
 
 def test_a_preset_names_a_local_folder_with_at(bright_repo, tmp_path):
-    from grouprank_mini.data import load_collection
-
     by_spec = load_collection(f"bright:biology@{bright_repo}")
     assert by_spec.docs == load_bright("biology", source=bright_repo).docs and by_spec.name == "bright:biology"
     folder = write_r2med(tmp_path / "Medical-Sciences")
@@ -253,7 +332,15 @@ def test_a_preset_names_a_local_folder_with_at(bright_repo, tmp_path):
 
 
 def test_a_string_root_works_for_classic_collections():
-    from grouprank_mini.data import load_collection
     from grouprank_mini.runtime import data_dir
 
     assert len(load_collection("adi", root=str(data_dir())).docs) == 82
+
+
+def test_rows_keep_their_json_types(tmp_path):
+    # ids written as numbers are read as the same strings the hub's string columns give
+    tables = copy.deepcopy(R2MED)
+    tables["query"][0]["id"], tables["qrels"][0]["q_id"] = 0, 0
+    source = write_r2med(tmp_path / "Biology", tables)
+    assert load_r2med("Biology", source=source).qrels["0"] == {"p1": 1}
+    assert json.loads((Path(source) / "query.jsonl").read_text().splitlines()[0])["id"] == 0
