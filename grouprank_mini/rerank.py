@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from . import groups, prompts
+from .evaluate import remove_excluded
 from .parsing import ParsedGroup, parse_group_scores, parse_permutation
 from .runs import Run, order_scores, ranked_ids
 
@@ -80,9 +81,11 @@ class Reranker:
         return self.rank_many([(query, docs, retriever_scores)])[0]
 
     def rerank_run(self, collection, run: Run, depth: int | None = None, qids=None) -> RerankedRun:
-        """Rerank the top `depth` of each query of a first-stage run (all run queries by default)."""
+        """Rerank the top `depth` of each query of a first-stage run (all run queries by default).
+        The collection's excluded ids (BRIGHT) are dropped first, so none of them takes a slot."""
         depth = depth or self.preset.rerank_depth
         qids = list(run) if qids is None else list(qids)
+        run = remove_excluded(run, collection)
         requests = []
         for qid in qids:
             top = ranked_ids(run[qid])[:depth]

@@ -1,11 +1,17 @@
 """First-stage retrieval: BM25 (bm25s), dense (all-MiniLM-L6-v2), and their hybrid; each
-returns a run (see `runs`)."""
+returns a run (see `runs`).
+
+A retriever is built over one collection and honours its `excluded` ids (BRIGHT) the way
+BRIGHT's own retrieval does: a query's excluded documents are dropped from its scores before
+the top k is cut, so they never take a slot (the hybrid, the synthesis pools and every reranker
+read these runs, so none of them sees an excluded id)."""
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import json
 import warnings
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +22,14 @@ from .runtime import KitWarning, atomic_path, cache_dir
 
 
 class BM25:
-    """bm25s index over a collection's documents (stop words and stemming configurable)."""
+    """bm25s index over a collection's documents (stop words and stemming configurable); a search
+    drops each query's excluded ids before cutting its top k."""
 
     def __init__(self, collection: Collection, stopwords: str | None = "en", stemmer: str | None = None):
         import bm25s
 
         self.doc_ids = list(collection.docs)
+        self.excluded = collection.excluded
         self.stopwords = stopwords or []
         self.stem = _stemmer(stemmer)
         self.index = bm25s.BM25()
@@ -33,10 +41,21 @@ class BM25:
         return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stem, return_ids=ids, show_progress=False)
 
     def search(self, queries: dict[str, str], k: int = 100) -> Run:
-        k = min(k, len(self.doc_ids))
-        indices, scores = self.index.retrieve(self._tokenize(list(queries.values()), ids=False), k=k, show_progress=False)
-        return {qid: {self.doc_ids[i]: float(s) for i, s in zip(row, srow)}
+        """The top k of each query (by query id), its excluded ids dropped first."""
+        depth = _depth(self.excluded, queries, k, len(self.doc_ids))
+        indices, scores = self.index.retrieve(self._tokenize(list(queries.values()), ids=False), k=depth, show_progress=False)
+        return {qid: _allowed(((self.doc_ids[i], float(s)) for i, s in zip(row, srow)), self.excluded.get(qid, ()), k)
                 for qid, row, srow in zip(queries, indices, scores)}
+
+
+def _depth(excluded: dict[str, set[str]], queries, k: int, n_docs: int) -> int:
+    """How deep to retrieve so that k documents are left once each query's excluded ids are gone."""
+    return min(n_docs, k + max((len(excluded.get(qid, ())) for qid in queries), default=0))
+
+
+def _allowed(ranked, excluded, k: int) -> dict[str, float]:
+    """The first k (doc id, score) pairs of a best-first ranking whose id is not excluded."""
+    return dict(islice(((d, s) for d, s in ranked if d not in excluded), k))
 
 
 def _stemmer(language: str | None):
@@ -65,6 +84,7 @@ class Dense:
         model_name = str(model_path or minilm_path())
         self.model = SentenceTransformer(model_name, device="cpu")
         self.doc_ids = list(collection.docs)
+        self.excluded = collection.excluded
         self.cache_path = embeddings_cache_path(model_name, collection.docs)
         self.matrix = _load_matrix(self.cache_path, rows=len(self.doc_ids))
         self.from_cache = self.matrix is not None
@@ -76,12 +96,13 @@ class Dense:
         return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
 
     def search(self, queries: dict[str, str], k: int = 100) -> Run:
+        """The top k of each query (by query id), its excluded ids dropped first."""
         sims = self.encode(list(queries.values())) @ self.matrix.T
-        k = min(k, len(self.doc_ids))
+        depth = _depth(self.excluded, queries, k, len(self.doc_ids))
         run = {}
         for qid, row in zip(queries, sims):
-            best = np.argsort(-row, kind="stable")[:k]
-            run[qid] = {self.doc_ids[i]: float(row[i]) for i in best}
+            best = np.argsort(-row, kind="stable")[:depth]
+            run[qid] = _allowed(((self.doc_ids[i], float(row[i])) for i in best), self.excluded.get(qid, ()), k)
         return run
 
 
