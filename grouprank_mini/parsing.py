@@ -21,7 +21,8 @@ from dataclasses import dataclass
 FALLBACK_SCORE = 0.0  # a document the model forgot ranks with the ones it judged useless
 STATUSES = ("ok", "ids_extra", "ids_missing", "json_invalid", "tags_missing")
 
-_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S | re.I)
+_ANSWER = re.compile(r"<answer>(.*?)(</answer>|$)", re.S | re.I)
+_REASON_OPEN, _REASON_CLOSE = re.compile(r"<reason>", re.I), re.compile(r"</reason>", re.I)
 # Patterns read model text, so none may backtrack badly: no two adjacent quantifiers that can
 # match the same characters, and a digit run is only tried from its first digit. (The earlier
 # `\[*\s*"?\s*\[*...` form took minutes on a few thousand "[" - a degenerate model's output.)
@@ -44,25 +45,35 @@ def answer_region(text: str) -> tuple[str, bool]:
     if not matches:
         return text, False
     last = matches[-1]
-    return last.group(1), "</answer>" in last.group(0).lower()
+    return last.group(1), bool(last.group(2))
+
+
+def _has_reason(text: str) -> bool:
+    """Whether a <reason> tag is closed somewhere after it opens.
+
+    Two literal searches from the first opening tag, rather than one ``<reason>.*?</reason>``
+    search: that pattern restarts at every "<reason>" and scans to the end of the text from
+    each, which took 30 s on 256 KB of a model looping on the tag.
+    """
+    opening = _REASON_OPEN.search(text)
+    return opening is not None and _REASON_CLOSE.search(text, opening.end()) is not None
 
 
 def tags_ok(text: str, require_reason: bool = False) -> bool:
     _, closed = answer_region(text)
-    if require_reason:
-        closed = closed and re.search(r"<reason>.*?</reason>", text, re.S | re.I) is not None
-    return closed
+    return closed and (not require_reason or _has_reason(text))
 
 
 def parse_group_scores(text: str, n_docs: int, require_reason: bool = False) -> ParsedGroup:
     """One score per document of the group from a groupwise answer, plus a status."""
-    region, _ = answer_region(text or "")
+    text = text or ""
+    region, _ = answer_region(text)
     found = _read_json_scores(region)
     valid_json = found is not None
     if found is None:
         found = _salvage_pairs(region)
     scores, missing, extra = _align(found, n_docs)
-    if not tags_ok(text or "", require_reason):
+    if not tags_ok(text, require_reason):
         status = "tags_missing"
     elif not valid_json:
         status = "json_invalid"

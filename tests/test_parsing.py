@@ -145,6 +145,26 @@ def test_degenerate_repetition_parses_in_linear_time(unit):
     assert time.perf_counter() - start < 2.0
 
 
+@pytest.mark.parametrize("unit", ["<reason>", "<ReAsOn> ", "<reason><answer>"])
+def test_reason_search_is_linear_in_repeated_opening_tags(unit):
+    # Every "<reason>" used to start a scan to the end of the text: 30 s for 256 KB.
+    text = unit * (256_000 // len(unit)) + prompts.answer_text([3, 9])
+    start = time.perf_counter()
+    parsed = parse_group_scores(text, 2, require_reason=True)
+    assert time.perf_counter() - start < 2.0
+    assert (parsed.scores, parsed.status) == ([3.0, 9.0], "tags_missing")
+
+
+@pytest.mark.parametrize("reason, status", [
+    ("<REASON>[2] wins.</Reason>", "ok"),  # case does not matter
+    ("<reason><reason>[2] wins.</reason>", "ok"),  # a repeated opening tag is harmless
+    ("</reason><reason>[2] wins.", "tags_missing"),  # closed only before it opens
+    ("<reason>[2] wins.</reason><reason>", "ok"),  # one closed block is enough
+])
+def test_reason_block_must_close_after_it_opens(reason, status):
+    assert parse_group_scores(reason + prompts.answer_text([3, 9]), 2, require_reason=True).status == status
+
+
 # --- permutations ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, n, expected", [
