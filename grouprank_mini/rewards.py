@@ -2,23 +2,38 @@
 
 For one completion scoring a group of n documents:
 
-    R = R_G                     if tags and JSON are valid
-    R = -0.1                    if the tags are right but the JSON is not
+    R = R_G                     if tags and JSON are valid, with a score for every document
+    R = -0.1                    if the tags are right but the JSON is not (unreadable or incomplete)
     R = -0.5                    otherwise (answer tags missing)
     R_G = NDCG@10 + γ·Recall@10 + ε·(1 - JS(P‖Q)),   γ = 0.2, ε = 0.1
 
 so every reward lies in [-0.5, 1 + γ + ε] = [-0.5, 1.3]. The paper leaves several details
 open; the kit decides them as follows (each one is tested in tests/test_rewards.py):
 
-- **Format gate.** The status comes from `parsing.parse_group_scores`. ``ids_missing`` and
-  ``ids_extra`` count as valid JSON: the answer is readable, so it earns R_G, computed on the
-  parser's scores, where a forgotten document gets the fallback score 0 and unknown ids are
-  ignored. Forgetting a document is then punished by the reward itself (a relevant document
-  scored 0 falls down the ranking, and P drifts away from Q) rather than by a flat penalty.
-  The penalty is mild when the forgotten documents are weak (`worked_example`: scoring only
-  [1] of targets 8,5,2,0 earns 1.245 against 1.3), but a partial answer never beats the
-  complete perfect one.
-  When the preset asks for reasoning, a missing ``<reason>`` block counts as missing tags.
+- **Format gate: every document needs a score.** The status comes from
+  `parsing.parse_group_scores`. The paper's format (docs/paper.md §2) maps *every* id of the
+  group to a score, so ``ids_missing`` fails the gate like unreadable JSON: -0.1 and nothing
+  else. ``ids_extra`` passes (every id is there; the unknown ones are ignored). Earning R_G on
+  the parser's scores instead, with the fallback 0 for a forgotten id, made leaving a document
+  out score exactly like writing 0 for it, and made ``<answer>{}</answer>`` (or a lone "{") a
+  complete tie worth 1.08 of 1.3 for targets 8,5,2,0: more than the complete reversed answer
+  (0.85) and than 704 of the 1,296 complete answers for four documents, so a GRPO policy could
+  collapse onto the empty answer. A milder penalty would have to invent scores for the
+  documents left out, and an incomplete answer then earns at least what the complete answer
+  writing those invented scores earns (even "left-out documents rank last, in the worst order"
+  pays the empty answer the reward of the worst complete ranking, above 0, for writing
+  nothing). The flat -0.1 puts every incomplete answer below every complete one, whose R_G is
+  never negative, however good the scores it did give. What it gives up: GRPO cannot tell a
+  nearly complete answer from an empty one. That matters only while a policy does not finish
+  its answers, which SFT teaches first; rerankers (rerank.py) still use every score a partial
+  answer gave. When the preset asks for reasoning, a missing ``<reason>`` block counts as
+  missing tags.
+- **Columns are checked, not trusted.** ``target_scores`` must be a non-empty list of finite
+  numbers >= 0 (the 0-10 scale); ``gains`` and ``relevant``, when given, the same, one per
+  document. Anything else raises a ValueError naming the column, the entry and, from
+  `make_reward_func`, the row of the batch: a NaN target would otherwise make every readable
+  answer "perfect" (NaN comparisons are all false, so NDCG clips to 1 and JS to 0), and a
+  negative one makes P or Q no distribution.
 - **Gains and relevance.** NDCG@10 is measured against the ``gains`` column: graded
   relevance per document, in prompt order, each >= 0; without that column the teacher's
   target scores themselves (0-10) are the gains (synthesis.py writes exactly that). Recall@10
@@ -52,7 +67,7 @@ open; the kit decides them as follows (each one is tested in tests/test_rewards.
 
 `make_reward_func(preset)` returns the function GRPOTrainer calls. It logs, through TRL's
 ``log_metric``, the batch mean of each term's contribution (they add up to the mean reward)
-and the share of unreadable answers. `worked_example()` tabulates the terms for five typical answers.
+and the share of answers failing the gate. `worked_example()` tabulates the terms for seven typical answers.
 """
 from __future__ import annotations
 
@@ -68,9 +83,9 @@ CUTOFF = 10  # the @10 of NDCG@10 and Recall@10
 SMOOTHING = 0.5  # added to every score before normalising: all-zero rows become uniform
 MIN_REWARD, MAX_REWARD = -0.5, 1.0 + GAMMA + EPSILON
 
-# Gate value per parser status; the readable statuses earn R_G on top of their 0.
-FORMAT_SCORES = {"ok": 0.0, "ids_extra": 0.0, "ids_missing": 0.0, "json_invalid": -0.1, "tags_missing": -0.5}
-UNREADABLE = ("json_invalid", "tags_missing")
+# Gate value per parser status; the statuses that pass the gate earn R_G on top of their 0.
+FORMAT_SCORES = {"ok": 0.0, "ids_extra": 0.0, "ids_missing": -0.1, "json_invalid": -0.1, "tags_missing": -0.5}
+GATE_FAILURES = ("ids_missing", "json_invalid", "tags_missing")
 FORMAT_FAILURE = "format_failure"  # the log_metric name plots.plot_format_failures reads
 
 
@@ -79,7 +94,7 @@ class RewardBreakdown:
     """One completion's reward, term by term: format + ndcg + recall + alignment == total.
 
     Each field is that term's contribution to the total: ``recall`` is γ·Recall@10,
-    ``alignment`` is ε·(1 - JS). Unreadable answers have only the (negative) format term.
+    ``alignment`` is ε·(1 - JS). Answers failing the gate have only the (negative) format term.
     """
 
     status: str
@@ -93,7 +108,8 @@ class RewardBreakdown:
 # --- the format gate ----------------------------------------------------------------------------
 
 def format_score(status: str) -> float:
-    """0 for a readable answer, -0.1 for right tags around broken JSON, -0.5 without tags."""
+    """0 for a complete readable answer, -0.1 for right tags around broken or incomplete JSON,
+    -0.5 without tags."""
     return FORMAT_SCORES[status]
 
 
@@ -187,6 +203,9 @@ def score_distribution(scores: list[float], smoothing: float = SMOOTHING) -> lis
     """Scores as a probability distribution over the group: (s + smoothing) / sum."""
     shifted = [s + smoothing for s in scores]
     total = sum(shifted)
+    if not (all(s >= 0 for s in shifted) and total > 0):  # also false for NaN
+        raise ValueError(f"scores {scores} plus smoothing {smoothing} are no distribution: "
+                         "each must be >= 0 and their sum > 0")
     return [s / total for s in shifted]
 
 
@@ -209,6 +228,23 @@ def group_alignment(pred_scores: list[float], target_scores: list[float], epsilo
 
 # --- one completion, and the TRL reward function -------------------------------------------------
 
+def _scores_column(values, name: str, n_docs: int | None = None) -> list[float]:
+    """One row of a reward column as floats, each finite and >= 0, `n_docs` of them if given;
+    a ValueError naming the column and the entry otherwise."""
+    if isinstance(values, (str, bytes)):  # iterable, but its characters are no scores
+        raise ValueError(f"{name} must be a list of numbers, got the text {values[:40]!r}")
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError, OverflowError) as error:  # None, a non-number, an int beyond float
+        raise ValueError(f"{name} must be a list of numbers ({error})") from None
+    bad = next((i for i, v in enumerate(numbers) if not (math.isfinite(v) and v >= 0)), None)
+    if bad is not None:
+        raise ValueError(f"{name}[{bad}] is {numbers[bad]}: every entry must be a finite number >= 0")
+    if n_docs is not None and len(numbers) != n_docs:
+        raise ValueError(f"{name} has {len(numbers)} entries for a group of {n_docs} documents")
+    return numbers
+
+
 def score_completion(text: str, target_scores: list[float], gains: list[float] | None = None,
                      relevant: list[int] | None = None, *, utility: bool = True, alignment: bool = True,
                      normalized_gain: bool = False, require_reason: bool = False, k: int = CUTOFF) -> RewardBreakdown:
@@ -216,16 +252,16 @@ def score_completion(text: str, target_scores: list[float], gains: list[float] |
 
     `gains` defaults to the target scores, `relevant` (Recall's 0/1 marks) to the gains.
     `utility`, `alignment` and `normalized_gain` are the Preset's ``reward_*`` switches;
-    `require_reason` makes a missing <reason> a format error.
+    `require_reason` makes a missing <reason> a format error. Bad columns raise a ValueError.
     """
-    gains = [float(s) for s in target_scores] if gains is None else list(gains)
-    relevant = gains if relevant is None else list(relevant)
-    if not len(gains) == len(relevant) == len(target_scores):
-        raise ValueError(f"{len(gains)} gains and {len(relevant)} relevance marks "
-                         f"for a group of {len(target_scores)} documents")
+    target_scores = _scores_column(target_scores, "target_scores")
+    if not target_scores:
+        raise ValueError("target_scores is empty: a group has at least one document")
+    gains = target_scores if gains is None else _scores_column(gains, "gains", len(target_scores))
+    relevant = gains if relevant is None else _scores_column(relevant, "relevant", len(target_scores))
     parsed = parse_group_scores(text, len(target_scores), require_reason=require_reason)
     gate = format_score(parsed.status)
-    if parsed.status in UNREADABLE:
+    if parsed.status in GATE_FAILURES:
         return RewardBreakdown(parsed.status, gate, 0.0, 0.0, 0.0, gate)
     pred = parsed.scores
     ndcg, recall = ranking_utility(pred, gains, relevant, k, normalized=normalized_gain) if utility else (0.0, 0.0)
@@ -241,29 +277,37 @@ def completion_text(completion) -> str:
 
 
 def log_terms(breakdowns: list[RewardBreakdown], log_metric) -> None:
-    """Batch means of each term (they add up to the mean reward) and the unreadable share."""
+    """Batch means of each term (they add up to the mean reward) and the share failing the gate."""
     n = len(breakdowns)
     for term in ("format", "ndcg", "recall", "alignment"):
         log_metric(f"reward/{term}", sum(getattr(b, term) for b in breakdowns) / n)
-    log_metric(FORMAT_FAILURE, sum(b.status in UNREADABLE for b in breakdowns) / n)
+    log_metric(FORMAT_FAILURE, sum(b.status in GATE_FAILURES for b in breakdowns) / n)
 
 
 def make_reward_func(preset):
     """GroupRank's reward as GRPOTrainer expects it: f(prompts, completions, **columns) -> floats.
 
-    Reads the dataset columns ``target_scores`` and, when present, ``gains`` and ``relevant``;
-    takes the switches and the reasoning requirement from `preset`; logs the terms via
-    ``log_metric`` when TRL passes it. Other columns (qid, doc_ids, trainer_state…) are ignored.
+    Reads the dataset columns ``target_scores`` and, when present, ``gains`` and ``relevant``
+    (a row holding None there gets the default, as if the column were absent); takes the
+    switches and the reasoning requirement from `preset`; logs the terms via ``log_metric``
+    when TRL passes it. Other columns (qid, doc_ids, trainer_state…) are ignored. A missing
+    ``target_scores`` column, a column of the wrong length or a bad row raises a ValueError
+    naming the column (and the row's index in the batch).
     """
     switches = dict(utility=preset.reward_utility, alignment=preset.reward_alignment,
                     normalized_gain=preset.reward_normalized_gain, require_reason=preset.reasoning)
 
-    def grouprank_reward(prompts, completions, target_scores, gains=None, relevant=None, log_metric=None,
+    def grouprank_reward(prompts, completions, target_scores=None, gains=None, relevant=None, log_metric=None,
                          **kwargs) -> list[float]:
-        missing = [None] * len(completions)  # a column the dataset does not have
-        rows = zip(completions, target_scores, gains or missing, relevant or missing, strict=True)
-        breakdowns = [score_completion(completion_text(c), targets, row_gains, row_relevant, **switches)
-                      for c, targets, row_gains, row_relevant in rows]
+        if target_scores is None:
+            raise ValueError("the reward needs a target_scores column (the teacher's score of every document)")
+        absent = [None] * len(completions)  # an optional column the dataset does not have
+        columns = {"target_scores": target_scores, "gains": absent if gains is None else gains,
+                   "relevant": absent if relevant is None else relevant}
+        for name, column in columns.items():
+            if len(column) != len(completions):
+                raise ValueError(f"column {name} has {len(column)} rows for {len(completions)} completions")
+        breakdowns = [_score_row(i, *row, switches) for i, row in enumerate(zip(completions, *columns.values()))]
         if log_metric is not None and breakdowns:
             log_terms(breakdowns, log_metric)
         return [b.total for b in breakdowns]
@@ -271,8 +315,18 @@ def make_reward_func(preset):
     return grouprank_reward
 
 
+def _score_row(index: int, completion, targets, gains, relevant, switches: dict) -> RewardBreakdown:
+    """`score_completion` for row `index` of a batch, its column errors prefixed with the row."""
+    try:
+        return score_completion(completion_text(completion), targets, gains, relevant, **switches)
+    except ValueError as error:
+        raise ValueError(f"reward batch row {index}: {error}") from None
+
+
 def worked_example(target_scores=(8, 5, 2, 0)):
-    """The reward terms for a perfect, a reversed, a partial and two broken answers (a DataFrame)."""
+    """The reward terms for typical answers (a DataFrame): perfect and reversed first, the
+    answer tagged "no tags" last; the rows between show that a complete tie still earns a
+    ranking's expected reward while an incomplete answer, even an empty one, fails the gate."""
     import pandas as pd
 
     from .prompts import answer_text
@@ -280,7 +334,9 @@ def worked_example(target_scores=(8, 5, 2, 0)):
     answers = {
         "perfect": answer_text(list(target_scores)),
         "reversed": answer_text(list(reversed(target_scores))),
-        "first doc only": answer_text(list(target_scores[:1])),  # ids_missing: the rest get 0
+        "all tied": answer_text([5] * len(target_scores)),  # complete: every order equally likely
+        "first doc only": answer_text(list(target_scores[:1])),  # ids_missing: fails the gate
+        "empty answer": "<answer>{}</answer>",  # ids_missing too; it used to earn the "all tied" reward
         "broken JSON": "<answer>[1] is best, then [2]</answer>",
         "no tags": answer_text(list(target_scores)).replace("<answer>", ""),
     }

@@ -33,8 +33,8 @@ def chat(text):
 # --- each term by hand ----------------------------------------------------------------------------
 
 def test_format_gate_values():
-    assert [format_score(s) for s in ("ok", "ids_extra", "ids_missing")] == [0.0, 0.0, 0.0]
-    assert format_score("json_invalid") == -0.1
+    assert [format_score(s) for s in ("ok", "ids_extra")] == [0.0, 0.0]
+    assert format_score("ids_missing") == format_score("json_invalid") == -0.1
     assert format_score("tags_missing") == -0.5
     assert set(rewards.FORMAT_SCORES) == set(STATUSES)  # a new parser status must get a gate value
 
@@ -143,15 +143,28 @@ def test_gate_gives_exactly_minus_point_one_and_minus_point_five():
     assert with_reason.total == pytest.approx(1.3)
 
 
-def test_missing_and_extra_ids_are_readable_and_scored_with_the_fallback():
-    partial = score_completion('<answer>{"[1]": 3}</answer>', TARGETS)
-    # Scores (3, 0, 0): doc 1 at rank 1; docs 2 and 3 tie at ranks 2-3, each expecting
-    # (1/log2(3) + 1/2)/2 = 0.56546. DCG = 3 + 1·0.56546 = 3.56546; NDCG = 3.56546/3.63093 = 0.98197.
-    assert partial.status == "ids_missing" and partial.format == 0.0
-    assert partial.ndcg == pytest.approx((3 + (1 / LOG3 + 0.5) / 2) / IDEAL_DCG)
-    assert partial.alignment == pytest.approx(group_alignment([3, 0, 0], TARGETS))
+def test_a_missing_id_fails_the_gate_and_an_extra_id_is_ignored():
+    partial = score_completion('<answer>{"[1]": 3, "[2]": 1}</answer>', TARGETS)
+    assert (partial.status, partial.format, partial.total) == ("ids_missing", -0.1, -0.1)
+    assert (partial.ndcg, partial.recall, partial.alignment) == (0.0, 0.0, 0.0)
     extra = score_completion('<answer>{"[1]": 3, "[2]": 1, "[3]": 0, "[9]": 10}</answer>', TARGETS)
     assert extra.status == "ids_extra" and extra.total == pytest.approx(1.3)  # the unknown id is ignored
+
+
+GROUP = [8, 5, 2, 0]  # the worked example's targets
+
+
+@pytest.mark.parametrize("text", ["<answer>{}</answer>", "<answer>{</answer>", '<answer>{"[1]": 8}</answer>',
+                                  '<answer>{"[1]": 8, "[2]": 5, "[3]": 2}</answer>'])
+def test_an_incomplete_answer_earns_less_than_any_complete_one(text):
+    # Before: {} and a lone { earned 1.079 (a complete tie), [1] alone 1.245, and leaving out
+    # the document of target 0 scored exactly like writing its 0 (1.3).
+    reward = score_completion(text, GROUP).total
+    assert reward == -0.1
+    complete = [score_completion(answer_text(list(scores)), GROUP).total
+                for scores in itertools.product([0, 4, 8], repeat=4)]
+    assert reward < min(complete)
+    assert score_completion(answer_text(GROUP[::-1]), GROUP).total == pytest.approx(0.852, abs=1e-3)
 
 
 def test_explicit_gains_replace_the_targets_for_ndcg_and_recall_only():
@@ -250,16 +263,20 @@ def test_log_metric_receives_every_term_as_batch_means():
     assert logged["reward/ndcg"] == pytest.approx((1 + REVERSED_NDCG) / 4)
     assert logged["reward/recall"] == pytest.approx(2 * GAMMA / 4)
     assert logged["reward/alignment"] == pytest.approx((EPSILON + EPSILON * (1 - REVERSED_JS)) / 4)
-    assert logged["format_failure"] == 0.5  # two of four answers unreadable
+    assert logged["format_failure"] == 0.5  # two of four answers fail the gate
     terms = sum(logged[f"reward/{t}"] for t in ("format", "ndcg", "recall", "alignment"))
     assert terms == pytest.approx(sum(totals) / 4)  # the logged terms add up to the mean reward
 
 
 def test_worked_example_table():
     table = rewards.worked_example()
-    assert list(table.index) == ["perfect", "reversed", "first doc only", "broken JSON", "no tags"]
-    assert list(table["total"]) == [1.3, 0.852, 1.245, -0.1, -0.5]
-    assert (table[["format", "ndcg", "recall", "alignment"]].sum(axis=1).round(3) == table["total"]).all()
+    assert list(table.index) == ["perfect", "reversed", "all tied", "first doc only", "empty answer",
+                                 "broken JSON", "no tags"]
+    assert list(table["total"]) == [1.3, 0.852, 1.079, -0.1, -0.1, -0.1, -0.5]
+    total = table["total"]  # what notebook 03 asserts
+    assert total.iloc[0] == total.max() and total.iloc[0] > total.iloc[1] > 0 > total.iloc[-1]
+    terms = table[["format", "ndcg", "recall", "alignment"]].sum(axis=1)
+    assert list(terms) == pytest.approx(list(total), abs=2e-3)  # each column is rounded to 3 places
 
 
 # --- properties ----------------------------------------------------------------------------------
@@ -289,7 +306,64 @@ def test_reward_is_finite_bounded_and_never_raises(case, utility, alignment, nor
     assert math.isfinite(result.total) and MIN_REWARD <= result.total <= MAX_REWARD
     assert result.status in STATUSES
     assert result.total == pytest.approx(result.format + result.ndcg + result.recall + result.alignment)
-    if result.status in rewards.UNREADABLE:
+    if result.status in rewards.GATE_FAILURES:
         assert result.total == format_score(result.status)
     else:
-        assert result.total >= 0.0  # a readable answer always beats a broken one
+        assert result.total >= 0.0  # an answer passing the gate always beats one failing it
+
+
+# --- the columns are checked ------------------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("columns, message", [
+    (dict(target_scores=[3, NAN, 0]), r"target_scores\[1\] is nan"),
+    (dict(target_scores=[INF, 1, 0]), r"target_scores\[0\] is inf"),
+    (dict(target_scores=[3, 1, -INF]), r"target_scores\[2\] is -inf"),
+    (dict(target_scores=TARGETS, gains=[1, NAN, 0]), r"gains\[1\] is nan"),
+    (dict(target_scores=TARGETS, gains=[INF, 1, 0]), r"gains\[0\] is inf"),
+    (dict(target_scores=TARGETS, relevant=[0, NAN, 1]), r"relevant\[1\] is nan"),
+    (dict(target_scores=TARGETS, relevant=[0, 0, INF]), r"relevant\[2\] is inf"),
+    (dict(target_scores=[-0.5]), r"target_scores\[0\] is -0.5"),  # sums to 0 after smoothing
+    (dict(target_scores=[]), "target_scores is empty"),
+    (dict(target_scores=TARGETS, gains=[1, 0]), "gains has 2 entries for a group of 3"),
+    (dict(target_scores=TARGETS, relevant=[1, 0, 0, 1]), "relevant has 4 entries for a group of 3"),
+    (dict(target_scores=None), "target_scores must be a list of numbers"),
+    (dict(target_scores="310"), "target_scores must be a list of numbers, got the text"),
+    (dict(target_scores=[3, "high", 0]), "target_scores must be a list of numbers"),
+    (dict(target_scores=[3, 10**400, 0]), "target_scores must be a list of numbers"),
+])
+def test_bad_columns_raise_a_clear_error(columns, message):
+    # Before: NaN or infinite values earned every readable answer the full 1.3, [-0.5] raised
+    # ZeroDivisionError, and the length check blamed gains and marks together.
+    for text in (answer_text([3, 1, 0]), "no answer"):
+        with pytest.raises(ValueError, match=message):
+            score_completion(text, **columns)
+
+
+def test_a_distribution_needs_non_negative_smoothed_scores_with_a_positive_sum():
+    with pytest.raises(ValueError, match="no distribution"):
+        score_distribution([0, 0], smoothing=0)  # was ZeroDivisionError
+    with pytest.raises(ValueError, match="no distribution"):
+        group_alignment([1, 2], [-1, 3])  # was a math domain error in the logarithm
+    assert score_distribution([1, 0], smoothing=0) == [1.0, 0.0]
+
+
+def test_reward_func_names_the_missing_column_and_the_bad_row():
+    func = make_reward_func(get_preset("smoke"))
+    texts = [answer_text(TARGETS)] * 3
+    with pytest.raises(ValueError, match="needs a target_scores column"):  # was a TypeError
+        func([""] * 3, texts)
+    with pytest.raises(ValueError, match="column target_scores has 2 rows for 3 completions"):  # zip(strict)
+        func([""] * 3, texts, target_scores=[TARGETS] * 2)
+    with pytest.raises(ValueError, match="column gains has 4 rows for 3 completions"):
+        func([""] * 3, texts, target_scores=[TARGETS] * 3, gains=[TARGETS] * 4)
+    with pytest.raises(ValueError, match=r"row 2: target_scores\[0\] is nan"):  # was 1.3
+        func([""] * 3, texts, target_scores=[TARGETS, TARGETS, [NAN, 1, 0]])
+    with pytest.raises(ValueError, match="row 1: target_scores must be a list of numbers"):
+        func([""] * 3, texts, target_scores=[TARGETS, None, TARGETS])
+    with pytest.raises(ValueError, match=r"row 0: relevant\[1\] is inf"):
+        func([""] * 3, texts, target_scores=[TARGETS] * 3, relevant=[[0, INF, 1], None, None])
+    # A None row of an optional column gets the default, as if the column were absent.
+    assert func([""], texts[:1], target_scores=[TARGETS], gains=[None], relevant=[None]) == [pytest.approx(1.3)]
