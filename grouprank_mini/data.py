@@ -288,15 +288,17 @@ def load_beir(folder: Path, qrels_split: str = "test") -> Collection:
     folder = _existing_folder(Path(folder))
     skipped: list[str] = []
     corpus, query_file = folder / "corpus.jsonl", folder / "queries.jsonl"
-    docs = _items("document", corpus, [(str(row["_id"]), _clean(f"{row.get('title') or ''} {row.get('text') or ''}"), line)
-                                      for line, row in _jsonl_rows(corpus, ("_id",))], skipped)
+    doc_rows = [(str(row["_id"]), _clean(f"{row.get('title') or ''} {row.get('text') or ''}"), line)
+                for line, row in _jsonl_rows(corpus, ("_id",))]
+    docs = _items("document", corpus, doc_rows, skipped)
     query_rows = []
     for line, row in _jsonl_rows(query_file, ("_id", "text")):
         if not str(row["text"]).strip():
             raise DataError(query_file, line, "empty text")
         query_rows.append((str(row["_id"]), _clean(str(row["text"])), line))
     queries = _items("query", query_file, query_rows, skipped)
-    qrels = _read_qrels(folder / "qrels" / f"{qrels_split}.tsv", queries, docs, skipped, "qdg", whole_grade, header=True)
+    qrels_file = folder / "qrels" / f"{qrels_split}.tsv"
+    qrels = _read_qrels(qrels_file, queries, docs, skipped, "qdg", whole_grade, header=True)
     return Collection(f"beir:{folder.name}", docs.texts, queries.texts, qrels, skipped=reported(skipped))
 
 

@@ -137,7 +137,7 @@ def _load_only_split(source, config: str):
 
 def _load_split(source, config: str, split: str | None):
     """(rows, where) of one split, or {split: (rows, where)} for every split when `split` is None."""
-    folder = local_folder(source)
+    folder = _local_folder(source)
     if folder is None:
         return _hub_split(str(source), config, split)
     splits = {name: (_file_rows(files), str(files[0]) if len(files) == 1 else _where(folder, config, name))
@@ -145,11 +145,12 @@ def _load_split(source, config: str, split: str | None):
     if split is None:
         return splits
     if split not in splits:
-        raise DataError(folder / "README.md", None, f"config {config!r} has no split {split!r} (it has {sorted(splits)})")
+        raise DataError(folder / "README.md", None,
+                        f"config {config!r} has no split {split!r} (it has {sorted(splits)})")
     return splits[split]
 
 
-def local_folder(source) -> Path | None:
+def _local_folder(source) -> Path | None:
     """The local folder `source` names, or None when it is a hub id."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -177,7 +178,8 @@ def _local_splits(folder: Path, config: str) -> dict[str, list[Path]]:
     entry = next((c for c in configs if isinstance(c, dict) and c.get("config_name") == config), None)
     if entry is None or not entry.get("data_files"):
         names = [c.get("config_name") for c in configs if isinstance(c, dict)]
-        raise DataError(readme, None, f"its configs: block has no config_name {config!r} with data_files (it has {names})")
+        raise DataError(readme, None,
+                        f"its configs: block has no config_name {config!r} with data_files (it has {names})")
     try:
         files = DataFilesDict.from_patterns(sanitize_patterns(entry["data_files"]), base_path=str(folder))
     except (FileNotFoundError, ValueError) as err:
@@ -204,7 +206,8 @@ def _missing_configs(readme: Path, config: str) -> str:
     state = "has no YAML configs: block" if readme.is_file() else "is missing"
     return (f"{state}, so the data files of config {config!r} are unknown (and there is no plain "
             f"{config}.jsonl beside it). The README must start with a header like\n"
-            f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: <split>\n    path: <file or glob>\n---\n"
+            f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: <split>\n"
+            "    path: <file or glob>\n---\n"
             "one entry per config, as the hub repository's own README.md has.")
 
 
@@ -212,7 +215,8 @@ def _file_rows(files: list[Path]):
     """(where, row) for every row of the files, in order; each file must hold at least one row."""
     for path in files:
         if path.suffix not in DATA_SUFFIXES:
-            raise DataError(path, None, f"cannot read {path.suffix or 'this'} files; data files must be {DATA_SUFFIXES}")
+            raise DataError(path, None,
+                            f"cannot read {path.suffix or 'this'} files; data files must be {DATA_SUFFIXES}")
         rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
         count = 0
         for count, item in enumerate(rows, start=1):
@@ -237,7 +241,8 @@ def _parquet_rows(path: Path):
                 number += 1
                 yield f"{path}: row {number}", row
     except (OSError, pa.ArrowException) as err:
-        raise DataError(path, None, f"not a readable parquet file after row {number} ({err})") from None
+        after = f" after row {number}" if number else ""
+        raise DataError(path, None, f"not a readable parquet file{after} ({err})") from None
 
 
 def _hub_split(source: str, config: str, split: str | None):

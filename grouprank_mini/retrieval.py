@@ -43,7 +43,8 @@ class BM25:
     def search(self, queries: dict[str, str], k: int = 100) -> Run:
         """The top k of each query (by query id), its excluded ids dropped first."""
         depth = _depth(self.excluded, queries, k, len(self.doc_ids))
-        indices, scores = self.index.retrieve(self._tokenize(list(queries.values()), ids=False), k=depth, show_progress=False)
+        tokens = self._tokenize(list(queries.values()), ids=False)
+        indices, scores = self.index.retrieve(tokens, k=depth, show_progress=False)
         return {qid: _allowed(((self.doc_ids[i], float(s)) for i, s in zip(row, srow)), self.excluded.get(qid, ()), k)
                 for qid, row, srow in zip(queries, indices, scores)}
 
