@@ -27,6 +27,7 @@ demo: setup
 reproduce: setup
 	$(PY) -m grouprank_mini.pipeline --preset $(PRESET)
 
+# tests/ includes the gpu preset's dry run (tests/test_dryrun.py, ~2-3 min; `make dryrun` alone).
 test: setup
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval-lax notebooks
@@ -36,6 +37,12 @@ test: setup
 COLLECTIONS ?= cranfield cisi adi vaswani
 data: setup
 	$(PY) -m grouprank_mini.data fetch $(COLLECTIONS)
+
+# The gpu preset's whole chain on a CPU: tiny 4-bit Qwen2, local BRIGHT folder, local teacher server.
+.PHONY: dryrun
+dryrun: PRESET = gpu
+dryrun: setup
+	$(PY) -m grouprank_mini.dryrun --preset $(PRESET)
 
 benchmark: setup
 	$(PY) benchmarks/rerank_paradigms.py --preset $(PRESET)

@@ -213,7 +213,7 @@ def save_tiny_qwen2(folder, tokenizer, layers: int = 2, hidden: int = 64, interm
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=None)
+                         bos_token_id=tokenizer.bos_token_id)  # as the tokenizer says, or TRL rewrites the config
     folder = Path(folder)
     with atomic_path(folder) as tmp:
         Qwen2ForCausalLM(config).save_pretrained(tmp)

@@ -15,7 +15,7 @@ LAYERS = [
     "teachers", "synthesis",  # answer-free data
     "rewards", "train",  # training
     "experiments", "notebook", "pipeline",  # what the notebooks run
-    "plan",  # the GPU memory and time planner
+    "plan", "dryrun",  # the GPU path planned, and run on a CPU
 ]
 
 
