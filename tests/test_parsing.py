@@ -1,18 +1,16 @@
 """The groupwise score parser and the listwise permutation parser (grouprank_mini.parsing).
 
-Hand-written cases pin every status and every repair; hypothesis then throws thousands of
-random and mutated answers at both parsers, because they read raw model text and must
-never raise on it.
+Hand-written cases pin every status and every repair, and every valid answer must read back
+as written; tests/test_fuzz.py throws thousands of generated and mutated outputs at both parsers.
 """
-import math
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grouprank_mini import prompts
-from grouprank_mini.parsing import FALLBACK_SCORE, STATUSES, parse_group_scores, parse_permutation
+from grouprank_mini.parsing import FALLBACK_SCORE, parse_group_scores, parse_permutation
 
 # --- statuses -------------------------------------------------------------------------------
 
@@ -184,58 +182,7 @@ def test_parse_permutation(text, n, expected):
     assert parse_permutation(text, n) == expected
 
 
-# --- properties over random and mutated outputs --------------------------------------------
-
-# Characters that matter to the parsers, plus ordinary text, so random strings hit the repairs.
-ALPHABET = st.sampled_from(list('<>/answerreason{}[]":,.-0123456789 \n`json') + ["</answer>", "<answer>", "10", "NaN"])
-FAST = settings(max_examples=1500, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def mutated_answers(draw):
-    """A valid answer for n documents, then a few deletions, duplications and insertions."""
-    n = draw(st.integers(1, 12))
-    scores = draw(st.lists(st.integers(0, 10), min_size=n, max_size=n))
-    reasoning = draw(st.sampled_from([None, "[1] is closer to the query than the rest."]))
-    text = prompts.answer_text(scores, reasoning)
-    for _ in range(draw(st.integers(0, 6))):
-        i = draw(st.integers(0, len(text)))
-        j = draw(st.integers(i, min(len(text), i + 12)))
-        kind = draw(st.sampled_from(["delete", "duplicate", "insert"]))
-        if kind == "delete":
-            text = text[:i] + text[j:]
-        elif kind == "duplicate":
-            text = text[:j] + text[i:j] + text[j:]
-        else:
-            text = text[:i] + draw(ALPHABET) + text[i:]
-    return text, n
-
-
-def random_outputs():
-    return st.tuples(st.one_of(st.text(max_size=200), st.lists(ALPHABET, max_size=60).map("".join)),
-                     st.integers(0, 12))
-
-
-def check_never_breaks(text: str, n: int, require_reason: bool) -> None:
-    parsed = parse_group_scores(text, n, require_reason)
-    assert len(parsed.scores) == n
-    assert all(isinstance(s, float) and math.isfinite(s) and 0.0 <= s <= 10.0 for s in parsed.scores)
-    assert parsed.status in STATUSES
-    assert sorted(parse_permutation(text, n)) == list(range(n))
-
-
-@FAST
-@given(mutated_answers(), st.booleans())
-def test_mutated_answers_never_break_the_parsers(case, require_reason):
-    check_never_breaks(*case, require_reason)
-
-
-@FAST
-@given(random_outputs(), st.booleans())
-def test_random_text_never_breaks_the_parsers(case, require_reason):
-    check_never_breaks(*case, require_reason)
-
+# --- every valid answer reads back ---------------------------------------------------------
 
 @settings(max_examples=300, deadline=None, database=None, derandomize=True)
 @given(st.lists(st.integers(0, 10), min_size=1, max_size=20), st.booleans())
