@@ -433,7 +433,8 @@ def card_of(value: str) -> tuple[str, Card]:
         return value, CARDS[value]
     size = float(value)
     name = CARD_FOR_MEMORY.get(round(size), "l4")
-    return name, Card(size * 1e9 / GIB, CARDS[name].tflops, CARDS[name].bandwidth_gbs, CARDS[name].bf16)
+    card = Card(size * 1e9 / GIB, CARDS[name].tflops, CARDS[name].bandwidth_gbs, CARDS[name].bf16)
+    return f"{size:g} GB at {name} speed", card
 
 
 def report(preset, card_name: str, card: Card, stages: list[Stage]) -> str:

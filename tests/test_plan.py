@@ -230,7 +230,7 @@ def test_the_planner_can_say_no():
 
 def test_t4_is_fp16_and_a_bare_size_takes_that_sizes_reference_card():
     name, card = plan.card_of("16")
-    assert name == "t4" and not card.bf16 and card.memory_gib == pytest.approx(16e9 / plan.GIB)
+    assert name == "16 GB at t4 speed" and not card.bf16 and card.memory_gib == pytest.approx(16e9 / plan.GIB)
 
 
 def test_more_memory_per_longer_documents():
