@@ -46,7 +46,7 @@ from pathlib import Path
 
 from . import data, llm, pipeline
 from .config import get_preset
-from .runtime import PROJECT_ROOT, cache_dir, grpo_dir
+from .runtime import cache_dir, grpo_dir
 
 DOMAIN = "biology"
 # The smallest sizes that still take every branch: one group of 20 per pass (rerank_depth 20), a
