@@ -17,7 +17,7 @@ open; the kit decides them as follows (each one is tested in tests/test_rewards.
   the parser's scores instead, with the fallback 0 for a forgotten id, made leaving a document
   out score exactly like writing 0 for it, and made ``<answer>{}</answer>`` (or a lone "{") a
   complete tie worth 1.08 of 1.3 for targets 8,5,2,0: more than the complete reversed answer
-  (0.85) and than 704 of the 1,296 complete answers for four documents, so a GRPO policy could
+  (0.85) and than 704 of the 1,296 complete answers in even scores 0-10, so a GRPO policy could
   collapse onto the empty answer. A milder penalty would have to invent scores for the
   documents left out, and an incomplete answer then earns at least what the complete answer
   writing those invented scores earns (even "left-out documents rank last, in the worst order"
@@ -45,8 +45,8 @@ open; the kit decides them as follows (each one is tested in tests/test_rewards.
   ir-measures. A group without any relevant document has NDCG (or Recall) 0 for every
   answer; being constant, that cancels out of GRPO's group-relative advantage.
 - **Groups of at most 10 documents** (the kit's presets) sit wholly inside the top 10, so
-  Recall@10 is 1 for every readable answer (given one relevant document): a constant bonus
-  for readability. It separates orderings only in groups of more than 10 documents (the
+  Recall@10 is 1 for every answer passing the gate (given one relevant document): a constant
+  bonus for a complete answer. It separates orderings only in groups of more than 10 documents (the
   paper's c = 20). The cutoff is kept at the paper's 10 all the same.
 - **Ties** in the predicted scores (a model often gives several documents the same integer)
   are scored by the *expected* NDCG and Recall over all orders of the tied documents

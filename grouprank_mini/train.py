@@ -25,7 +25,8 @@ Choices made here, and why:
   gradient workaround (`llm.keep_4bit_gradients`), then PEFT's
   `prepare_model_for_kbit_training` before the adapter is attached.
 - **Checkpoints every `preset.save_steps`** (the last two are kept); `resume=True` continues
-  from the newest one, `resume=False` deletes this run's old checkpoints and starts over.
+  from the newest complete one (a newer one left incomplete by a kill during its save is deleted,
+  with a notice), `resume=False` deletes this run's old checkpoints and starts over.
 """
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ from pathlib import Path
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from peft import PeftModel, prepare_model_for_kbit_training
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME,
+                                SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME)
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
 from . import llm, runtime
@@ -47,6 +51,9 @@ from .rewards import make_reward_func
 from .runtime import adapter_dir, dataset_dir, grpo_dir
 
 STATE_FILE = "trainer_state.json"
+# Any of these makes a checkpoint's weights for transformers (Trainer._load_from_checkpoint).
+WEIGHT_FILES = (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME,
+                WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 SFT_EVALS = 5  # eval-loss points per SFT run: a curve, at a cost that does not grow with the run
 EVAL_SPLITS = ("dev", "validation", "eval")  # the first one present is the SFT eval set
 
@@ -108,15 +115,50 @@ def _tokenizer(preset, tokenizer=None):
 
 
 def _resume_point(output_dir: Path, resume: bool) -> str | None:
-    """The newest checkpoint to continue from; with resume=False, old checkpoints are removed."""
+    """The newest complete checkpoint to continue from; with resume=False, old checkpoints are removed.
+
+    Newer checkpoints whose save was interrupted (`_incomplete`) are deleted, with a notice.
+    Deleted rather than moved aside: such a folder holds nothing that the checkpoint before it
+    and the retaken steps do not recreate; left in place, transformers would save the retaken
+    step into it, over its stale files; and a deletion by every process of a multi-GPU run at
+    once is harmless, where their renames would race.
+    """
     if not output_dir.is_dir():
         return None
     if resume:
-        return get_last_checkpoint(str(output_dir))
+        while (last := get_last_checkpoint(str(output_dir))) is not None:
+            problem = _incomplete(Path(last))
+            if problem is None:
+                return last
+            print(f"skipping incomplete {Path(last).name} in {output_dir} ({problem}: its save was "
+                  "interrupted); deleted, resuming from the checkpoint before it, if any")
+            try:
+                shutil.rmtree(last)  # not ignore_errors: a folder that stayed would be found again, forever
+            except FileNotFoundError:  # another process of a multi-GPU run was faster
+                pass
+        return None
     for old in output_dir.glob("checkpoint-*"):
         shutil.rmtree(old, ignore_errors=True)  # every process of a multi-GPU run gets here
     (output_dir / STATE_FILE).unlink(missing_ok=True)
     return None
+
+
+def _incomplete(checkpoint: Path) -> str | None:
+    """What `checkpoint` lacks for a resume, or None when it is complete.
+
+    transformers' Trainer._save_checkpoint writes the weights, then optimizer.pt, scheduler.pt
+    and rng_state.pth, and trainer_state.json last, so a save killed on the way leaves that
+    file missing or cut short. The files a resume reads are checked too: without optimizer.pt
+    or scheduler.pt transformers would resume silently with a fresh optimizer and schedule.
+    """
+    try:
+        json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, ValueError):  # ValueError: cut-off JSON, or bytes that are no UTF-8
+        return f"no readable {STATE_FILE}"
+    if not any((checkpoint / name).is_file() for name in WEIGHT_FILES):
+        return "no model weights"
+    missing = [name for name in (OPTIMIZER_NAME, SCHEDULER_NAME) if not (checkpoint / name).is_file()]
+    return f"no {' or '.join(missing)}" if missing else None
 
 
 def _finished(output_dir: Path, max_steps: int, epochs: float) -> bool:

@@ -4,6 +4,7 @@ Most tests train a 2-layer random Llama with the real SmolLM2 tokenizer (seconds
 only the 4-bit gradient check and the CLI smoke run load the embedded SmolLM2.
 """
 import json
+import shutil
 
 import pytest
 import torch
@@ -290,3 +291,57 @@ def test_most_trained_is_the_full_reward_model_not_an_ablation():
     found = {"zero-shot": 0, "SFT": 1, "SFT+GRPO": 2, "GRPO no utility": 3, "GRPO no alignment": 4}
     assert experiments.most_trained(found) == "SFT+GRPO"
     assert experiments.most_trained({"zero-shot": 0, "SFT": 1}) == "SFT"
+
+
+# --- resume after a kill during a checkpoint save -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sft_killed_after_checkpoint_4(tokenizer, tmp_path_factory):
+    """An SFT run killed during step 5, after saving checkpoints 2 and 4 (save_steps=2)."""
+    out = tmp_path_factory.mktemp("sft-killed")
+    with pytest.raises(KeyboardInterrupt):
+        train.train_sft(PRESET, sft_rows(), output_dir=out, model=llm.tiny_random_model(tokenizer),
+                        tokenizer=tokenizer, callbacks=[KillAtStep(5)])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    return out
+
+
+def kill_while_writing(checkpoint, name):
+    """What a kill during the save of `checkpoint` leaves: the files written before `name` (in
+    the order their times show), `name` cut in half, nothing after it; name=None: the bare folder."""
+    files = sorted(checkpoint.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    cut = files.index(checkpoint / name) if name else 0
+    for later in files[cut + bool(name):]:
+        later.unlink()
+    if name:
+        (checkpoint / name).write_bytes((checkpoint / name).read_bytes()[: (checkpoint / name).stat().st_size // 2])
+
+
+@pytest.mark.parametrize("name", [None, "adapter_model.safetensors", "optimizer.pt", "trainer_state.json"])
+def test_resume_skips_a_checkpoint_whose_save_was_killed(sft_killed_after_checkpoint_4, name, tokenizer,
+                                                         tmp_path, capsys):
+    # Before: "Can't find a valid checkpoint" (no weights yet), or a crash reading the missing or
+    # cut trainer_state.json, on every later run, although checkpoint-2 was complete.
+    out = tmp_path / "run"
+    shutil.copytree(sft_killed_after_checkpoint_4, out)
+    killed_log = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    kill_while_writing(out / "checkpoint-4", name)
+    recorder = StepRecorder()
+    train.train_sft(PRESET, sft_rows(), output_dir=out, model=llm.tiny_random_model(tokenizer),
+                    tokenizer=tokenizer, callbacks=[recorder])
+    assert "incomplete checkpoint-4" in capsys.readouterr().out
+    assert recorder.steps == [3, 4, 5]  # continued from checkpoint-2: no step lost, none taken twice
+    log = train.history(out)["loss"].dropna()
+    assert log.index.tolist() == [1, 2, 3, 4, 5]
+    # Steps 3 and 4 again exactly as the killed run took them: weights, optimizer and data order restored.
+    assert log.loc[[3, 4]].tolist() == pytest.approx([e["loss"] for e in killed_log if e["step"] in (3, 4)])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    assert json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4  # saved anew
+
+
+def test_resume_starts_over_when_no_checkpoint_is_complete(tmp_path, capsys):
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "adapter_config.json").write_text("{}")
+    assert train._resume_point(tmp_path, resume=True) is None
+    assert "incomplete checkpoint-2" in capsys.readouterr().out
+    assert not (tmp_path / "checkpoint-2").exists()
