@@ -128,24 +128,14 @@ PRESETS: dict[str, Preset] = {
         grpo_max_steps=200, grpo_num_generations=8, grpo_batch_size=2, grpo_grad_accum=4,
         grpo_max_completion_length=512, save_steps=50,
     ),
-    # A 16 GB card without bf16 (a free Colab T4; the kit picks fp16 there by itself): the gpu
-    # recipe with a Qwen2.5-1.5B student and 4 prompts per batch. Planner peaks on a T4 (15 GiB):
-    # teachers 11.2 GiB, evaluation 8.8, GRPO 8.0, SFT 5.8. Expected ~11.6 h on a T4 at average
-    # document length (same assumptions); every stage is cached, so a session cut short resumes.
-    # A 12 GB card fits with --set batch_size=2 (~17 h).
-    "gpu-t4": Preset(
-        name="gpu-t4", model="Qwen/Qwen2.5-1.5B-Instruct", quantize_4bit=True, threads=2,
-        collection="bright:biology", test_fraction=0.5, rerank_depth=100, group_size=20,
-        passes=4, doc_max_chars=1500, reasoning=True, batch_size=4, max_new_tokens=512,
-        pool_top_k=10, pool_random_m=40, pool_rank_max=200, synth_group_sizes=(5, 20),
-        synth_groups_per_pool=4, pointwise_teacher="llm", listwise_teacher="llm",
-        teacher_model="Qwen/Qwen2.5-7B-Instruct",
-        lora_r=32, lora_alpha=32, sft_epochs=5.0, sft_lr=3e-5, sft_max_length=8192,
-        grpo_max_steps=200, grpo_num_generations=8, grpo_batch_size=2, grpo_grad_accum=4,
-        grpo_max_completion_length=512, save_steps=50,
-    ),
 }
 
+# A 16 GB card without bf16 (a free Colab T4; the kit picks fp16 there by itself): the gpu
+# recipe with a Qwen2.5-1.5B student and 4 prompts per batch. Planner peaks on a T4 (15 GiB):
+# teachers 11.2 GiB, evaluation 8.8, GRPO 8.0, SFT 5.8. Expected ~11.6 h on a T4 at average
+# document length (same assumptions); every stage is cached, so a session cut short resumes.
+# A 12 GB card fits with --set batch_size=2 (~17 h).
+PRESETS["gpu-t4"] = replace(PRESETS["gpu"], name="gpu-t4", model="Qwen/Qwen2.5-1.5B-Instruct", threads=2, batch_size=4)
 
 # The paper's reward ablation (docs/paper.md §4): GRPO once more with each reward term switched off.
 ABLATIONS: dict[str, dict[str, bool]] = {"no_utility": {"reward_utility": False},
