@@ -254,8 +254,13 @@ def test_fetch_unpacks_and_checks_a_classic_collection(server, monkeypatch, tmp_
         f: reference(name, f) for f in fetch.catalog()[name]["files"]}
 
 
+def adi_files() -> dict[str, bytes]:
+    """The reference copy's three ADI files, to damage one of them in a test."""
+    return {file: reference("adi", file) for file in ("ADI.ALL", "ADI.QRY", "ADI.REL")}
+
+
 def test_a_truncated_file_fails_the_count_check_and_is_removed(server, monkeypatch, tmp_path):
-    files = {file: reference("adi", file) for file in ("ADI.ALL", "ADI.QRY", "ADI.REL")}
+    files = adi_files()
     lines = files["ADI.REL"].splitlines(keepends=True)
     files["ADI.REL"] = b"".join(lines[: len(lines) // 2])  # cut on a line boundary: still parses
     serve_archive(server, monkeypatch, "adi", files)
@@ -265,7 +270,7 @@ def test_a_truncated_file_fails_the_count_check_and_is_removed(server, monkeypat
 
 
 def test_a_damaged_file_fails_the_parse_and_the_error_names_it(server, monkeypatch, tmp_path):
-    files = {file: reference("adi", file) for file in ("ADI.ALL", "ADI.QRY", "ADI.REL")}
+    files = adi_files()
     files["ADI.REL"] += b"1 not-a-doc\n"
     serve_archive(server, monkeypatch, "adi", files)
     with pytest.raises(fetch.FetchError, match=r"adi: the fetched files do not parse.*ADI\.REL:171"):
@@ -274,7 +279,7 @@ def test_a_damaged_file_fails_the_parse_and_the_error_names_it(server, monkeypat
 
 
 def test_a_file_unlike_the_reference_copy_is_announced(server, monkeypatch, tmp_path):
-    files = {file: reference("adi", file) for file in ("ADI.ALL", "ADI.QRY", "ADI.REL")}
+    files = adi_files()
     files["ADI.QRY"] = files["ADI.QRY"].replace(b"\r\n", b"\n")  # same queries, other bytes
     serve_archive(server, monkeypatch, "adi", files)
     with pytest.warns(KitWarning, match=r"adi: ADI\.QRY in .* differ from the reference copy"):
