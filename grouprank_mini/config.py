@@ -48,10 +48,13 @@ class Preset:
     fusion_beta: float = 0.5
     synth_group_sizes: tuple[int, int] = (5, 10)
     synth_groups_per_pool: int = 2
-    # llm|minilm|bm25|human. Offline default measured on Cranfield train pools (see 01_data_synthesis):
-    # the embedded 135M LLM ranks worse than both; MiniLM, the stronger, takes the tie-winning listwise role.
-    pointwise_teacher: str = "bm25"
-    listwise_teacher: str = "minilm"
+    # llm|bm25|bm25-prf|minilm|minilm-prf|human. Offline default measured on the cpu preset's train pools
+    # (nDCG@10, 01_data_synthesis): the pools' hybrid order 0.395 (Cranfield) / 0.394 (CISI); plain BM25
+    # x MiniLM fused 0.390 / 0.387 -- no better than the retriever; with pseudo-relevance feedback
+    # (stemmed BM25+RM3 x MiniLM moved toward its top 5) fused 0.426 / 0.408; the embedded 135M LLM
+    # ranks below all of them. The stronger alone (minilm-prf) takes the tie-winning listwise role.
+    pointwise_teacher: str = "bm25-prf"
+    listwise_teacher: str = "minilm-prf"
     teacher_model: str | None = None  # model of the "llm" teachers (None: `model`); a folder or hub id
     teacher_endpoint: str | None = None  # OpenAI-compatible base URL for them instead; key from $OPENAI_API_KEY
     # --- LoRA ------------------------------------------------------------------------
@@ -76,11 +79,19 @@ class Preset:
     grpo_beta: float = 0.001  # KL coefficient
     grpo_max_completion_length: int = 64
     grpo_vllm: bool = False  # generate with vLLM (TRL's use_vllm, colocate mode): needs a GPU and `pip install vllm`
+    # TRL options passed through unchanged (defaults: TRL 1.16's own), so a run with few steps can
+    # try the levers that matter there without editing train.py:
+    grpo_num_iterations: int = 1  # TRL num_iterations: optimisation passes over each batch of (costly) completions
+    grpo_loss_type: str = "dapo"  # TRL loss_type: "dapo" averages token losses over the whole batch (no length bias)
+    grpo_scale_rewards: str = "group"  # TRL scale_rewards: advantages divided by the group's std, "batch"'s, or "none"
+    grpo_lr_scheduler: str = "linear"  # lr_scheduler_type; "linear" decays to 0: a short run's late steps barely move
+    grpo_warmup_ratio: float = 0.0  # share of the steps warming the LR up from 0 (TrainingArguments' warmup_steps < 1)
     reward_utility: bool = True
     reward_alignment: bool = True
     reward_normalized_gain: bool = False  # REARANK's (NDCG-NDCG_init)/(NDCG_best-NDCG_init)
     # --- bookkeeping ---------------------------------------------------------------------
     save_steps: int = 5
+    curve_points: int = 4  # adapter snapshots per training stage for learning curves, evenly spaced, the last included
 
 
 PRESETS: dict[str, Preset] = {

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import warnings
+from collections import Counter
 from itertools import islice
 from pathlib import Path
 
@@ -29,11 +30,14 @@ class BM25:
         import bm25s
 
         self.doc_ids = list(collection.docs)
+        self.row = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
         self.excluded = collection.excluded
         self.stopwords = stopwords or []
         self.stem = _stemmer(stemmer)
         self.index = bm25s.BM25()
-        self.index.index(self._tokenize(list(collection.docs.values()), ids=True), show_progress=False)
+        tokenized = self._tokenize(list(collection.docs.values()), ids=True)
+        self.index.index(tokenized, show_progress=False)
+        self._doc_token_ids, self._vocab = tokenized.ids, {i: t for t, i in tokenized.vocab.items()}
 
     def _tokenize(self, texts: list[str], ids: bool):
         import bm25s
@@ -47,6 +51,46 @@ class BM25:
         indices, scores = self.index.retrieve(tokens, k=depth, show_progress=False)
         return {qid: _allowed(((self.doc_ids[i], float(s)) for i, s in zip(row, srow)), self.excluded.get(qid, ()), k)
                 for qid, row, srow in zip(queries, indices, scores)}
+
+
+    def all_scores(self, query: str) -> np.ndarray:
+        """The BM25 score of every document (in `doc_ids` order) for one query."""
+        return self.weighted_scores(Counter(self._tokenize([query], ids=False)[0]))
+
+    def weighted_scores(self, weights: dict[str, float]) -> np.ndarray:
+        """sum over terms of weight × BM25(term, doc), for every document; unknown terms add 0."""
+        total = np.zeros(len(self.doc_ids))
+        for term, weight in weights.items():
+            if term in self.index.vocab_dict:
+                total += weight * self.index.get_scores([term])
+        return total
+
+    def doc_terms(self, row: int) -> list[str]:
+        """Document `row` as the index saw it (stop words removed, stemmed)."""
+        return [self._vocab[i] for i in self._doc_token_ids[row]]
+
+    def rm3_scores(self, query: str, feedback_docs: int = 10, terms: int = 20, query_weight: float = 0.5) -> np.ndarray:
+        """BM25 with RM3 pseudo-relevance feedback, answer-free: assume the top `feedback_docs` of a
+        first BM25 search are relevant, build a term distribution from them (each document's term
+        frequencies weighted by its softmaxed BM25 score), keep its `terms` most likely terms, mix
+        them with the query's own terms (`query_weight`) and search again with the weighted query.
+        Textbook settings (10 documents, 20 terms, 0.5), not tuned on any collection."""
+        first = self.all_scores(query)
+        top = np.argsort(-first, kind="stable")[:feedback_docs]
+        doc_weights = np.exp(first[top] - first[top].max())
+        relevance_model: Counter = Counter()
+        for row, doc_weight in zip(top, doc_weights / doc_weights.sum()):
+            counts = Counter(self.doc_terms(row))
+            for term, count in counts.items():
+                relevance_model[term] += doc_weight * count / max(1, sum(counts.values()))
+        expansion = dict(relevance_model.most_common(terms))
+        original = Counter(self._tokenize([query], ids=False)[0])
+        weights: Counter = Counter()
+        for term, count in original.items():
+            weights[term] += query_weight * count / max(1, sum(original.values()))
+        for term, mass in expansion.items():
+            weights[term] += (1 - query_weight) * mass / (sum(expansion.values()) or 1)
+        return self.weighted_scores(weights)
 
 
 def _depth(excluded: dict[str, set[str]], queries, k: int, n_docs: int) -> int:
@@ -95,6 +139,14 @@ class Dense:
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+
+    def rocchio_vector(self, query: str, feedback_rows: list[int], query_weight: float = 0.6) -> np.ndarray:
+        """The query's unit vector moved toward the mean of the feedback documents (rows of
+        `matrix`, e.g. BM25+RM3's top 5): Rocchio pseudo-relevance feedback, textbook weight."""
+        vector = self.encode([query])[0]
+        if feedback_rows:
+            vector = query_weight * vector + (1 - query_weight) * self.matrix[feedback_rows].mean(0)
+        return vector / np.linalg.norm(vector)
 
     def search(self, queries: dict[str, str], k: int = 100) -> Run:
         """The top k of each query (by query id), its excluded ids dropped first."""

@@ -39,7 +39,7 @@ from .evaluate import evaluate
 from .retrieval import BM25, Dense, hybrid
 from .runs import Run, from_orders, ranked_ids
 from .runtime import atomic_path, dataset_root
-from .teachers import CachedBackend, CachedTeacher, make_teacher, model_id_of, teacher_backend, teacher_model_name
+from .teachers import CachedBackend, CachedTeacher, HumanTeacher, make_teacher, model_id_of, teacher_backend, teacher_model_name
 
 # Preset fields that change the synthesised data: a finished dataset is reused only if they match.
 SYNTHESIS_FIELDS = (
@@ -232,11 +232,17 @@ def validation_table(collection: Collection, rankings: dict[str, dict[str, list[
     return table.round({"nDCG@10": 4})
 
 
-def validation_rankings(pools, pointwise, listwise, fused, teachers, beta) -> dict[str, dict[str, list[str]]]:
-    """The four rows of the validation table, labelled with what produced them."""
+def validation_rankings(pools, pointwise, listwise, fused, teachers, beta,
+                        collection: Collection | None = None) -> dict[str, dict[str, list[str]]]:
+    """The rows of the validation table, labelled with what produced them; with `collection`, a
+    last row ranks the pools by its human judgments: the ceiling of any teacher, NOT answer-free."""
     point_teacher, list_teacher = teachers
-    return {"hybrid retriever": pools, f"pointwise teacher: {point_teacher.name}": pointwise,
+    rows = {"hybrid retriever": pools, f"pointwise teacher: {point_teacher.name}": pointwise,
             f"listwise teacher: {list_teacher.name}": listwise, f"fused (beta={beta})": fused}
+    if collection is not None:
+        rows["human judgments (NOT answer-free)"] = teacher_rankings(HumanTeacher(collection), pools, collection,
+                                                                    progress=False)
+    return rows
 
 
 # --- 7. saving ------------------------------------------------------------------------------------------------
@@ -337,7 +343,7 @@ def build_datasets(preset, collection: Collection | None = None, retrievers: Ret
     pointwise, listwise = (teacher_rankings(t, pools, collection, progress) for t in teachers)
     fused = fuse_pools(pointwise, listwise, preset.fusion_beta)
     sft, rl = make_records(collection, fused, preset)
-    rankings = validation_rankings(pools, pointwise, listwise, fused, teachers, preset.fusion_beta)
+    rankings = validation_rankings(pools, pointwise, listwise, fused, teachers, preset.fusion_beta, collection)
     table = validation_table(collection, rankings)
     summary = {
         "fingerprint": fingerprint, "preset": preset.name, "collection": collection.name,

@@ -173,7 +173,8 @@ def test_build_end_to_end(subset, retrievers, cache, cranfield):
         assert row["relevant"] == [int(t >= 6) for t in row["target_scores"]]  # fused top 5 of 10 = targets 10..6
     table = result["validation"]
     assert list(table.index) == ["hybrid retriever", "pointwise teacher: bm25", "listwise teacher: minilm",
-                                 "fused (beta=0.5)"]
+                                 "fused (beta=0.5)", "human judgments (NOT answer-free)"]
+    assert table["nDCG@10"].idxmax() == "human judgments (NOT answer-free)"  # the ceiling of every teacher
     assert ((table["nDCG@10"] > 0) & (table["nDCG@10"] <= 1)).all() and (table["queries"] == 12).all()
     card = result["card"].read_text()
     assert "SFT rows: 24; RL rows: 24" in card and "answer-free: yes" in card and "pointwise = bm25" in card

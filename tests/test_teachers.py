@@ -6,13 +6,14 @@ import json
 import re
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from grouprank_mini import get_preset, groups, llm, prompts, runs, synthesis, teachers
 from grouprank_mini.data import Collection
 from grouprank_mini.llm import LLM
-from grouprank_mini.retrieval import BM25
-from grouprank_mini.teachers import (BM25Teacher, CachedBackend, CachedTeacher, DenseTeacher, HumanTeacher,
+from grouprank_mini.retrieval import BM25, Dense
+from grouprank_mini.teachers import (BM25PRFTeacher, BM25Teacher, CachedBackend, CachedTeacher, DenseTeacher, HumanTeacher,
                                      ListwiseLLMTeacher, PointwiseLLMTeacher)
 
 TEACH = get_preset("smoke", doc_max_chars=100)  # what the LLM teachers read of a preset
@@ -129,6 +130,35 @@ def small() -> Collection:
 def test_bm25_teacher_uses_collection_scores(small):
     ranking = BM25Teacher(BM25(small)).rank(small.queries["1"], ["d", "b", "a", "c"], ["", "", "", ""])
     assert ranking[:2] == ["c", "a"] and set(ranking[2:]) == {"b", "d"}
+
+
+def test_rm3_feedback_reaches_a_document_without_query_terms():
+    docs = {"a": "supersonic wing flutter tests", "b": "supersonic wing flutter model",
+            "c": "flutter of panels", "d": "cooking pasta"}
+    index = BM25(Collection("fb", docs, {"1": "supersonic wing"}, {}))
+    plain, expanded = index.all_scores("supersonic wing"), index.rm3_scores("supersonic wing", feedback_docs=2)
+    c, d = index.row["c"], index.row["d"]
+    assert plain[c] == 0 and expanded[c] > 0 and expanded[d] == 0  # "flutter" came from the feedback documents
+    assert np.argsort(-expanded)[:2].tolist() == np.argsort(-plain)[:2].tolist()  # the query's own matches stay first
+
+
+def test_rocchio_vector_moves_toward_the_feedback_documents():
+    stub = SimpleNamespace(encode=lambda texts: np.array([[1.0, 0.0]]), matrix=np.array([[0.0, 1.0], [1.0, 0.0]]))
+    moved = Dense.rocchio_vector(stub, "q", [0])
+    assert np.allclose(moved, np.array([0.6, 0.4]) / np.hypot(0.6, 0.4))
+    assert np.allclose(Dense.rocchio_vector(stub, "q", []), [1.0, 0.0])  # no feedback: the query itself
+
+
+def test_prf_teachers_from_preset_strings(small):
+    preset = get_preset("smoke")
+    prf = teachers.make_teacher("bm25-prf", "pointwise", preset, collection=small)
+    assert isinstance(prf, BM25PRFTeacher) and prf.identity()["stemmer"] == "english"
+    assert prf.rank(small.queries["1"], ["d", "b", "a", "c"], [""] * 4)[0] == "c"
+    dense = SimpleNamespace(doc_ids=list(small.docs), matrix=None)
+    listwise = teachers.make_teacher("minilm-prf", "listwise", preset, collection=small, dense=dense)
+    assert listwise.name == "minilm-prf" and listwise.identity()["feedback"]["name"] == "bm25-prf"
+    with pytest.raises(ValueError, match="collection"):
+        teachers.make_teacher("bm25-prf", "pointwise", preset)
 
 
 def test_dense_teacher_reuses_stored_vectors_and_encodes_unknown_docs():
