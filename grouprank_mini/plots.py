@@ -6,6 +6,7 @@ is left open between cells.
 from __future__ import annotations
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def show_figures_in_notebooks() -> None:
@@ -25,6 +26,12 @@ show_figures_in_notebooks()
 
 # --- training curves (input: train.history(output_dir), a DataFrame indexed by step) ---------------
 
+def _step_axis(ax) -> None:
+    """Label the x axis "step" with whole-number ticks: a run of 2 steps has no step 1.5."""
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _curves(history, columns: dict[str, str], title: str, ylabel: str) -> Figure:
     """One line per present column ({column: label}), against the training step."""
     fig = Figure(figsize=(6, 3.5), layout="constrained")
@@ -33,7 +40,8 @@ def _curves(history, columns: dict[str, str], title: str, ylabel: str) -> Figure
         if column in history:
             series = history[column].dropna()
             ax.plot(series.index, series.values, marker=".", label=label)
-    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.set(title=title, ylabel=ylabel)
+    _step_axis(ax)
     if ax.lines:
         ax.legend()
     return fig
@@ -55,9 +63,55 @@ def reward_columns(history) -> dict[str, str]:
     return columns
 
 
+def rolling_window(steps: int) -> int:
+    """Steps per rolling mean: a fifth of the run, at least 2 (1 would only redraw the raw curve)."""
+    return max(2, round(steps / 5))
+
+
 def plot_rewards(history, columns: dict[str, str] | None = None) -> Figure:
-    """GRPO reward over steps, one line per term (pass {column: label} to choose)."""
-    return _curves(history, columns or reward_columns(history), "Reward", "mean over completions")
+    """GRPO reward over steps, one line per term (pass {column: label} to choose), and the total's
+    trailing rolling mean: a single step's reward is noisy, the trend is what training changed."""
+    fig = _curves(history, columns or reward_columns(history), "Reward", "mean over completions")
+    total = history["reward"].dropna() if "reward" in history else None
+    if total is not None and len(total) >= 2:
+        window = rolling_window(len(total))
+        smooth = total.rolling(window, min_periods=1).mean()  # the first steps average what exists so far
+        ax = fig.axes[0]
+        ax.plot(smooth.index, smooth.values, color="black", linewidth=2,
+                label=f"total, rolling mean of {window} steps")
+        ax.legend()
+    return fig
+
+
+# Metric names: TRL 1.16's (grpo_trainer.py) and the two train.SpreadLoggingGRPOTrainer adds.
+GROUP_STD, GROUPS_ZERO_STD, BATCH_STD = "group_reward_std", "frac_groups_zero_std", "reward_std"
+
+
+def plot_reward_spread(history) -> Figure:
+    """Do the completions of one prompt earn different rewards? GRPO learns only from that.
+
+    Left axis: the mean std of the rewards within a group and, dashed, TRL's std over the whole
+    batch (it adds the spread between prompts, which GRPO cannot use). Right axis: the share of
+    groups whose completions all earned the same reward (their advantages are all 0).
+    """
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    twin = ax.twinx()
+    lines = []
+    for axis, column, style in ((ax, GROUP_STD, dict(color="tab:blue", label="std within a group")),
+                                (ax, BATCH_STD, dict(color="tab:blue", linestyle="--", alpha=0.5,
+                                                     label="std over the whole batch (TRL's reward_std)")),
+                                (twin, GROUPS_ZERO_STD, dict(color="tab:red", label="groups without spread (right)"))):
+        if column in history:
+            series = history[column].dropna()
+            lines += axis.plot(series.index, series.values, marker=".", **style)
+    ax.set(title="Reward spread within groups", ylabel="reward std")
+    twin.set_ylabel("share of groups", color="tab:red")
+    twin.set_ylim(-0.02, 1.02)
+    _step_axis(ax)
+    if lines:  # one legend for both axes: each axis would otherwise only know its own lines
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=8)
+    return fig
 
 
 def plot_format_failures(history, column: str) -> Figure:

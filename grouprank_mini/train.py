@@ -27,11 +27,19 @@ Choices made here, and why:
 - **Checkpoints every `preset.save_steps`** (the last two are kept); `resume=True` continues
   from the newest complete one (a newer one left incomplete by a kill during its save is deleted,
   with a notice), `resume=False` deletes this run's old checkpoints and starts over.
+- **Adapter snapshots for learning curves.** Pruned checkpoints keep too few points for a curve,
+  so both trainers also save the adapter alone (a few MB) at `preset.curve_points` evenly spaced
+  steps into `<output_dir>/snapshots/step-<N>/` (`snapshots` lists them).
+- **The within-group reward spread is logged.** GRPO learns only from reward differences among
+  the completions of one prompt; TRL's `reward_std` is the std over the whole batch, so
+  `SpreadLoggingGRPOTrainer` adds the mean std within groups and the share of groups without any spread.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -39,11 +47,13 @@ from pathlib import Path
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from peft import PeftModel, prepare_model_for_kbit_training
+from transformers import SchedulerType, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
-from transformers.utils import (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME,
-                                SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME)
+from transformers.utils import (ADAPTER_CONFIG_NAME, ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME,
+                                SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME)
 from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+from trl.trainer.utils import nanstd
 
 from . import llm, runtime
 from .config import ABLATIONS, get_preset
@@ -56,6 +66,9 @@ WEIGHT_FILES = (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, SAFE_WEIGHTS_NA
                 WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 SFT_EVALS = 5  # eval-loss points per SFT run: a curve, at a cost that does not grow with the run
 EVAL_SPLITS = ("dev", "validation", "eval")  # the first one present is the SFT eval set
+SNAPSHOTS = "snapshots"  # <output_dir>/snapshots/step-<N>/: the adapters behind learning curves
+GROUP_STD = "group_reward_std"  # logged metric: mean over groups of the std of their completions' rewards
+GROUPS_ZERO_STD = "frac_groups_zero_std"  # logged metric: share of groups whose completions all earned the same
 
 
 # --- settings shared by both trainers ----------------------------------------------------------
@@ -139,6 +152,7 @@ def _resume_point(output_dir: Path, resume: bool) -> str | None:
         return None
     for old in output_dir.glob("checkpoint-*"):
         shutil.rmtree(old, ignore_errors=True)  # every process of a multi-GPU run gets here
+    shutil.rmtree(output_dir / SNAPSHOTS, ignore_errors=True)  # they belong to the run being replaced
     (output_dir / STATE_FILE).unlink(missing_ok=True)
     return None
 
@@ -178,6 +192,58 @@ def _finished(output_dir: Path, max_steps: int, epochs: float) -> bool:
     return done
 
 
+def snapshot_steps(max_steps: int, points: int) -> list[int]:
+    """`points` evenly spaced steps of a run of `max_steps` steps, the last one included (fewer
+    when the run has fewer steps than points). Rounded up, so no snapshot falls on step 0."""
+    return sorted({math.ceil(k * max_steps / points) for k in range(1, points + 1)})
+
+
+class AdapterSnapshots(TrainerCallback):
+    """Saves the trained adapter alone at `points` evenly spaced steps into
+    <output_dir>/snapshots/step-<N>/, for learning curves (checkpoints are pruned to the last two).
+
+    A snapshot already there is kept: it was written by the same run before a resume, and the
+    retaken step would only write it again. Each one is written in a temporary folder renamed
+    into place (`runtime.atomic_path`), so a save killed halfway leaves nothing `snapshots` lists.
+    """
+
+    def __init__(self, points: int):
+        if points < 1:
+            raise ValueError(f"Preset.curve_points is {points}: a learning curve needs at least 1 snapshot")
+        self.points = points
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero or state.global_step not in snapshot_steps(state.max_steps, self.points):
+            return
+        target = Path(args.output_dir) / SNAPSHOTS / f"step-{state.global_step}"
+        if (target / ADAPTER_CONFIG_NAME).is_file():
+            return
+        with runtime.atomic_path(target) as tmp:
+            # Only the adapter being trained: GRPO's PeftModel also holds TRL's frozen "ref" copy.
+            model.save_pretrained(str(tmp), selected_adapters=[model.active_adapter])
+
+
+def snapshots(output_dir) -> list[tuple[int, Path]]:
+    """The finished adapter snapshots of a run as (step, folder), sorted by step; [] if it has none.
+
+    Unfinished ones (atomic_path's `step-<N>.<pid>.partial` folders) and folders without
+    adapter_config.json are left out. Each folder loads like the final adapter:
+    `llm.load(preset, adapter=folder)`.
+    """
+    found = []
+    for folder in (Path(output_dir) / SNAPSHOTS).glob("step-*"):
+        match = re.fullmatch(r"step-(\d+)", folder.name)
+        if match and (folder / ADAPTER_CONFIG_NAME).is_file():
+            found.append((int(match.group(1)), folder))
+    return sorted(found)
+
+
+def _with_snapshots(preset, callbacks) -> list:
+    """The caller's callbacks, then the snapshots: a callback that stops the run at a step
+    (a test's stand-in for a kill) then stops it before that step's snapshot, like a real kill."""
+    return [*(callbacks or []), AdapterSnapshots(preset.curve_points)]
+
+
 def _train_and_save(trainer, output_dir: Path, resume: bool) -> Path:
     trainer.train(resume_from_checkpoint=_resume_point(output_dir, resume))
     trainer.save_model(str(output_dir))  # adapter + tokenizer, on the main process only
@@ -213,7 +279,7 @@ def sft_trainer(preset, train_ds, eval_ds=None, output_dir=None, model=None, tok
         eval_dataset=eval_ds,
         processing_class=_tokenizer(preset, tokenizer),
         peft_config=lora_config(preset),
-        callbacks=callbacks,
+        callbacks=_with_snapshots(preset, callbacks),
     )
 
 
@@ -230,7 +296,25 @@ def train_sft(preset, train_ds, eval_ds=None, output_dir=None, resume=True, mode
 
 # --- GRPO ---------------------------------------------------------------------------------------
 
+# TRL 1.16 checks these only once training has begun, after loading the model and generating.
+GRPO_CHOICES = {"grpo_loss_type": ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+                "grpo_scale_rewards": ("group", "batch", "none"),
+                "grpo_lr_scheduler": tuple(kind.value for kind in SchedulerType)}
+
+
+def check_grpo_fields(preset) -> None:
+    """A ValueError naming the Preset field when a GRPO option has a value TRL would refuse late."""
+    for name, choices in GRPO_CHOICES.items():
+        if getattr(preset, name) not in choices:
+            raise ValueError(f"Preset.{name} is {getattr(preset, name)!r}; choose one of {', '.join(choices)}")
+    if preset.grpo_num_iterations < 1:
+        raise ValueError(f"Preset.grpo_num_iterations is {preset.grpo_num_iterations}: at least 1 pass per batch")
+    if not 0 <= preset.grpo_warmup_ratio < 1:  # transformers reads a warmup_steps of 1 or more as a step count
+        raise ValueError(f"Preset.grpo_warmup_ratio is {preset.grpo_warmup_ratio}: a share of the steps, in [0, 1)")
+
+
 def grpo_config(preset, output_dir: Path) -> GRPOConfig:
+    check_grpo_fields(preset)
     return GRPOConfig(
         **_device_args(preset, output_dir),
         max_steps=preset.grpo_max_steps,
@@ -244,7 +328,35 @@ def grpo_config(preset, output_dir: Path) -> GRPOConfig:
         beta=preset.grpo_beta,  # KL to the frozen SFT adapter ("ref"); 0 skips the reference pass
         max_completion_length=preset.grpo_max_completion_length,
         disable_dropout=True,  # policy and reference log-probs must not differ by dropout noise
+        num_iterations=preset.grpo_num_iterations,  # >1: each batch of completions serves that many steps
+        loss_type=preset.grpo_loss_type,
+        scale_rewards=preset.grpo_scale_rewards,
+        lr_scheduler_type=preset.grpo_lr_scheduler,
+        warmup_steps=preset.grpo_warmup_ratio,  # below 1 transformers reads it as a share of the steps
     )
+
+
+class SpreadLoggingGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer, also logging the reward spread *within* groups (`GROUP_STD`, `GROUPS_ZERO_STD`).
+
+    The advantage (r - group mean) / group std is all GRPO learns from: a group whose completions
+    all earn the same carries no signal. TRL 1.16 logs `reward_std` over the whole batch, which
+    mixes the spread between prompts (useless to GRPO) into it, and `frac_reward_zero_std` from the
+    std `scale_rewards` divides by (the batch's under "batch"). Computed here from the rewards of
+    every process, grouped as TRL groups them, with TRL's Bessel-corrected std.
+    """
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        mode = "train" if self.model.training else "eval"
+        size = self.num_generations if mode == "train" else self.num_generations_eval
+        total = (per_func * self.reward_weights.to(per_func.device)).nansum(dim=1)
+        total[torch.isnan(per_func).all(dim=1)] = torch.nan  # unscorable, as TRL leaves them out
+        spread = nanstd(total.view(-1, size), dim=1)
+        self._metrics[mode][GROUP_STD].append(torch.nanmean(spread).item())
+        flat = torch.isclose(spread, torch.zeros_like(spread))  # TRL's test for a zero std
+        self._metrics[mode][GROUPS_ZERO_STD].append(flat.float().mean().item())
+        return per_func
 
 
 def _grpo_model(preset, sft_adapter, model):
@@ -262,14 +374,14 @@ def grpo_trainer(preset, rl_ds, sft_adapter=None, output_dir=None, model=None, t
         reward_funcs = [make_reward_func(preset)]
     output_dir = Path(output_dir or grpo_dir(preset))
     policy, peft_config = _grpo_model(preset, sft_adapter, model)
-    return GRPOTrainer(
+    return SpreadLoggingGRPOTrainer(
         model=policy,
         reward_funcs=reward_funcs,
         args=grpo_config(preset, output_dir),
         train_dataset=rl_ds,
         processing_class=_tokenizer(preset, tokenizer),
         peft_config=peft_config,
-        callbacks=callbacks,
+        callbacks=_with_snapshots(preset, callbacks),
     )
 
 
@@ -291,7 +403,10 @@ def history(output_dir):
 
     Reads the newest trainer_state.json: the run's own when it finished, else its last
     checkpoint's, so an interrupted run can be plotted too. GRPO columns include `loss`,
-    `reward`, `rewards/<func>/mean`, `kl` and whatever the reward logged with `log_metric`.
+    `reward`, `rewards/<func>/mean`, `kl`, TRL's `reward_std` (over the whole batch) and
+    `frac_reward_zero_std`, the within-group spread (`GROUP_STD`, `GROUPS_ZERO_STD`) and whatever
+    the reward logged with `log_metric`. With `grpo_num_iterations` > 1 the reward columns are
+    empty on the steps that reuse a batch of completions (nothing was sampled there).
     """
     import pandas as pd
 
@@ -303,6 +418,72 @@ def history(output_dir):
     state = json.loads(max(candidates, key=lambda p: p.stat().st_mtime).read_text())
     # Train and eval logs of one step are separate entries: merge them into one row per step.
     return pd.DataFrame(state["log_history"]).groupby("step").first()
+
+
+# --- reward on held-out records, sampled as GRPO samples -------------------------------------------
+
+# GRPOConfig's sampling defaults besides the temperature (no top-p or top-k cut, no repetition
+# penalty), read from TRL itself: held-out completions are drawn the way training draws them.
+TRL_SAMPLING = {name: GRPOConfig.__dataclass_fields__[name].default
+                for name in ("top_p", "top_k", "repetition_penalty")}
+
+
+@torch.inference_mode()
+def sample_completions(model, tokenizer, preset, prompts, seed: int) -> list[str]:
+    """One sampled completion per chat prompt, in order: the preset's GRPO temperature and
+    grpo_max_completion_length, `preset.batch_size` prompts at a time. The same seed (and batch
+    size) gives the same completions; the caller's random state is left as it was."""
+    texts = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+    size = preset.batch_size
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return [text for start in range(0, len(texts), size)
+                for text in _sample_batch(model, tokenizer, preset, texts[start:start + size])]
+
+
+def _sample_batch(model, tokenizer, preset, texts: list[str]) -> list[str]:
+    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",  # decoder-only: pad left
+                      add_special_tokens=False).to(model.device)  # the chat template holds the special tokens
+    out = model.generate(**batch, do_sample=True, temperature=preset.grpo_temperature,
+                         max_new_tokens=preset.grpo_max_completion_length, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **TRL_SAMPLING)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def score_completions(preset, records, completions: list[str], reward_funcs=None) -> list[float]:
+    """The reward of completions[i] for row i of `records` (a Dataset of RL records), summed over
+    `reward_funcs` as GRPOTrainer sums them (weights 1; default: the GroupRank reward). Each function
+    gets the columns and, for chat prompts, the completions as assistant messages, as TRL passes them."""
+    if len(completions) != len(records):
+        raise ValueError(f"{len(completions)} completions for {len(records)} records: one each")
+    funcs = reward_funcs or [make_reward_func(preset)]
+    prompts = list(records["prompt"])
+    if isinstance(prompts[0], list):  # chat prompts
+        completions = [[{"role": "assistant", "content": text}] for text in completions]
+    columns = {name: list(records[name]) for name in records.column_names if name != "prompt"}
+    per_func = [func(prompts=prompts, completions=completions, **columns) for func in funcs]
+    return [float(sum(values)) for values in zip(*per_func)]
+
+
+def heldout_reward(model, tokenizer, preset, records, seeds=(0, 1), reward_funcs=None) -> dict:
+    """Mean reward of one sampled completion per held-out RL record, for each seed and overall.
+
+    Returns {"seed <s>": mean for that seed, ..., "mean": over all seeds, "seed spread": the largest
+    minus the smallest seed mean}. Compare two models on the same records and seeds: a difference
+    larger than the seed spread is more than sampling noise.
+    """
+    if len(records) == 0 or "prompt" not in records.column_names:
+        raise ValueError(f"heldout_reward needs RL records with a prompt column, got {len(records)} rows "
+                         f"with columns {records.column_names}")
+    if not seeds:
+        raise ValueError("heldout_reward needs at least one seed")
+    means = {}
+    for seed in seeds:
+        completions = sample_completions(model, tokenizer, preset, records["prompt"], seed)
+        rewards = score_completions(preset, records, completions, reward_funcs)
+        means[f"seed {seed}"] = sum(rewards) / len(rewards)
+    values = list(means.values())
+    return {**means, "mean": sum(values) / len(values), "seed spread": max(values) - min(values)}
 
 
 # --- command line -------------------------------------------------------------------------------

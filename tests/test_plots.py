@@ -28,3 +28,49 @@ def test_returned_figures_render_as_png_in_a_notebook():
     plots.show_figures_in_notebooks()
     data, _ = shell.display_formatter.format(fig)
     assert data["image/png"]  # drawn, not just "<Figure size ...>"
+
+
+def _grpo_log(steps: int) -> pd.DataFrame:
+    """A history as train.history returns it: one row per step, reward columns and TRL's spread metrics."""
+    index = pd.Index(range(1, steps + 1), name="step")
+    return pd.DataFrame({"reward": [float(s % 3) for s in index.tolist()], "reward/ndcg": 0.5,
+                         plots.GROUP_STD: 0.2, plots.BATCH_STD: 0.3,
+                         plots.GROUPS_ZERO_STD: [0.5 if s % 2 else 0.0 for s in index.tolist()]}, index=index)
+
+
+def test_the_rolling_window_grows_with_the_run():
+    assert [plots.rolling_window(n) for n in (2, 10, 20, 100)] == [2, 2, 4, 20]
+
+
+def test_plot_rewards_adds_a_labelled_rolling_mean_of_the_total():
+    fig = plots.plot_rewards(_grpo_log(20))
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    assert set(lines) == {"total", "ndcg", "total, rolling mean of 4 steps"}
+    smooth = list(lines["total, rolling mean of 4 steps"].get_ydata())
+    assert smooth[:5] == [1.0, 1.5, 1.0, 1.0, 1.25]  # rewards 1, 2, 0, 1, 2: the first steps average what exists
+    assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()][-1] == "total, rolling mean of 4 steps"
+
+
+def test_plot_rewards_skips_the_rolling_mean_of_a_single_step_and_reused_batches():
+    assert [line.get_label() for line in plots.plot_rewards(_grpo_log(1)).axes[0].lines] == ["total", "ndcg"]
+    log = _grpo_log(6)
+    log.loc[[2, 4, 6], "reward"] = float("nan")  # steps that reused a batch of completions sampled nothing
+    smooth = plots.plot_rewards(log).axes[0].lines[-1]
+    assert list(smooth.get_xdata()) == [1, 3, 5]
+
+
+def test_plot_reward_spread_draws_both_axes_with_one_legend_and_whole_steps():
+    fig = plots.plot_reward_spread(_grpo_log(3))
+    left, right = fig.axes
+    assert [line.get_label() for line in left.lines] == ["std within a group",
+                                                         "std over the whole batch (TRL's reward_std)"]
+    assert list(right.lines[0].get_ydata()) == [0.5, 0.0, 0.5]
+    legend = [text.get_text() for text in left.get_legend().get_texts()]
+    assert legend == [line.get_label() for line in left.lines + right.lines]
+    fig.canvas.draw()  # ticks are placed when drawn
+    assert all(float(tick).is_integer() for tick in left.get_xticks())
+
+
+def test_plot_reward_spread_of_a_history_without_spread_metrics_is_empty_not_an_error():
+    fig = plots.plot_reward_spread(pd.DataFrame({"reward": [0.1]}, index=pd.Index([1], name="step")))
+    assert not fig.axes[0].lines and fig.axes[0].get_legend() is None

@@ -5,13 +5,15 @@ only the 4-bit gradient check and the CLI smoke run load the embedded SmolLM2.
 """
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
+from trl import GRPOConfig
 
 from grouprank_mini import experiments, get_preset, llm, plots, prompts, runtime, train
 from grouprank_mini.rewards import FORMAT_FAILURE
@@ -94,6 +96,60 @@ def test_sft_trains_evaluates_checkpoints_and_saves_a_plain_peft_adapter(sft_run
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means trained
 
 
+def test_sft_keeps_adapter_snapshots_at_evenly_spaced_steps(sft_run, tokenizer):
+    found = train.snapshots(sft_run)
+    assert [step for step, _ in found] == [2, 3, 4, 5]  # 4 points of 5 steps, the last included
+    final, first = lora_tensors(sft_run), lora_tensors(found[0][1])
+    assert all(torch.equal(final[k], lora_tensors(found[-1][1])[k]) for k in final)  # the last step is the adapter
+    assert any(not torch.equal(final[k], first[k]) for k in final)  # step 2 is an earlier state
+    PeftModel.from_pretrained(llm.tiny_random_model(tokenizer), str(found[0][1]))  # loads like the final one
+
+
+def test_snapshot_steps_spread_over_the_run():
+    assert train.snapshot_steps(20, 4) == [5, 10, 15, 20]
+    assert train.snapshot_steps(6, 4) == [2, 3, 5, 6]
+    assert train.snapshot_steps(2, 4) == [1, 2]  # a run shorter than the curve: every step, never step 0
+
+
+class _State:
+    is_world_process_zero, max_steps = True, 4
+
+    def __init__(self, step):
+        self.global_step = step
+
+
+class _Adapter:
+    """Stands in for a PeftModel: records which adapters were saved where."""
+    active_adapter = "default"
+
+    def __init__(self):
+        self.saved = []
+
+    def save_pretrained(self, folder, selected_adapters):
+        Path(folder).mkdir()
+        (Path(folder) / "adapter_config.json").write_text("{}")
+        self.saved.append((Path(folder).name, selected_adapters))
+
+
+def test_a_snapshot_on_disk_is_kept_and_unfinished_ones_are_not_listed(tmp_path):
+    kept = tmp_path / "snapshots" / "step-2"
+    kept.mkdir(parents=True)
+    (kept / "adapter_config.json").write_text('{"from": "before the resume"}')
+    (tmp_path / "snapshots" / "step-1.123.partial").mkdir()  # a save killed halfway
+    (tmp_path / "snapshots" / "step-3").mkdir()  # no adapter_config.json
+    args, model, callback = TrainingArguments(str(tmp_path), report_to="none"), _Adapter(), train.AdapterSnapshots(4)
+    for step in (1, 2, 3, 4):
+        callback.on_step_end(args, _State(step), None, model=model)
+    assert (kept / "adapter_config.json").read_text() == '{"from": "before the resume"}'
+    assert [selected for _, selected in model.saved] == [["default"]] * 3  # steps 1, 3, 4; never TRL's "ref"
+    assert [step for step, _ in train.snapshots(tmp_path)] == [1, 2, 3, 4]  # not the .partial one
+
+
+def test_curve_points_below_one_fail_clearly():
+    with pytest.raises(ValueError, match="curve_points"):
+        train.AdapterSnapshots(0)
+
+
 def test_with_adapter_merges_for_generation(sft_run, tokenizer):
     base = llm.tiny_random_model(tokenizer)
     expected = PeftModel.from_pretrained(llm.tiny_random_model(tokenizer), str(sft_run)).eval()
@@ -108,10 +164,13 @@ def test_with_adapter_merges_for_generation(sft_run, tokenizer):
 def test_resume_false_starts_over(sft_run, tokenizer, tmp_path):
     out = tmp_path / "again"
     (out / "checkpoint-9").mkdir(parents=True)
+    (out / "snapshots" / "step-9").mkdir(parents=True)
+    (out / "snapshots" / "step-9" / "adapter_config.json").write_text("{}")
     short = get_preset(PRESET, sft_max_steps=2)
     train.train_sft(short, sft_rows(), output_dir=out, resume=False,
                     model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert [step for step, _ in train.snapshots(out)] == [1, 2]  # the old run's step 9 went with it
 
 
 # --- GRPO and resume ----------------------------------------------------------------------------
@@ -170,6 +229,15 @@ def test_a_finished_run_is_reused_instead_of_trained_again(grpo_run, sft_run, to
     assert not train._finished(path, longer.grpo_max_steps, epochs=1)  # a longer run resumes and continues
 
 
+def test_grpo_snapshots_survive_the_kill_and_hold_only_the_policy(grpo_run):
+    path = grpo_run[0]
+    found = train.snapshots(path)
+    assert [step for step, _ in found] == [1, 2, 3, 4]  # 1-2 from the killed run, 3-4 after the resume
+    final = lora_tensors(path)
+    assert all(torch.equal(final[k], lora_tensors(found[-1][1])[k]) for k in final)
+    assert not any((folder / "ref").exists() for _, folder in found)  # TRL's frozen copy is not saved again
+
+
 def test_grpo_trains_the_sft_adapter_against_a_frozen_sft_reference(grpo_run, sft_run):
     path, _, _ = grpo_run
     sft, grpo, ref = lora_tensors(sft_run), lora_tensors(path), lora_tensors(path / "ref")
@@ -180,8 +248,25 @@ def test_grpo_trains_the_sft_adapter_against_a_frozen_sft_reference(grpo_run, sf
 
 def test_grpo_history_has_loss_rewards_kl_and_logged_terms(grpo_run):
     log = train.history(grpo_run[0])
-    for column in ("loss", "reward", "rewards/varied_reward/mean", "kl", "reward/variety", FORMAT_FAILURE):
+    for column in ("loss", "reward", "rewards/varied_reward/mean", "kl", "reward/variety", FORMAT_FAILURE,
+                   "reward_std", "frac_reward_zero_std", train.GROUP_STD, train.GROUPS_ZERO_STD):
         assert log[column].notna().sum() == PRESET.grpo_max_steps, column
+
+
+def staircase_reward(prompts, completions, **kwargs):
+    """Completions i = 0, 1, 2, 3 earn 0, 0.5, 1, 1.5: TRL puts a prompt's 2 completions side by side,
+    so each group differs by 0.5 inside and the two groups by 1 between them."""
+    return [i // 2 + 0.5 * (i % 2) for i in range(len(completions))]
+
+
+def test_within_group_spread_leaves_out_the_spread_between_groups(sft_run, tokenizer, tmp_path):
+    path = train.train_grpo(get_preset(PRESET, grpo_max_steps=1), rl_rows(4), sft_adapter=sft_run,
+                            output_dir=tmp_path, model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer,
+                            reward_funcs=[staircase_reward])
+    step = train.history(path).loc[1]
+    assert step[train.GROUP_STD] == pytest.approx(torch.tensor([0.0, 0.5]).std().item())  # Bessel, as TRL
+    assert step["reward_std"] == pytest.approx(torch.tensor([0.0, 0.5, 1.0, 1.5]).std().item())  # whole batch
+    assert step[train.GROUPS_ZERO_STD] == step["frac_reward_zero_std"] == 0.0
 
 
 def test_grpo_uses_and_logs_the_grouprank_reward_by_default(sft_run, tokenizer, tmp_path):
@@ -192,6 +277,67 @@ def test_grpo_uses_and_logs_the_grouprank_reward_by_default(sft_run, tokenizer, 
     assert step["rewards/grouprank_reward/mean"] == step["reward"] == step["reward/format"] == -0.5
     assert step[FORMAT_FAILURE] == 1.0
     assert step["reward/ndcg"] == step["reward/recall"] == step["reward/alignment"] == 0.0
+    assert step[train.GROUP_STD] == 0.0 and step[train.GROUPS_ZERO_STD] == 1.0  # no signal for GRPO at all
+
+
+# --- reward on held-out records ------------------------------------------------------------------
+
+def target_sum_reward(prompts, completions, target_scores, **kwargs):
+    """A reward known in advance: the sum of the row's targets (9, 14, 20, 11 for rl_rows(4))."""
+    return [float(sum(row)) for row in target_scores]
+
+
+def one_more(prompts, completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+SAMPLING = get_preset(PRESET, batch_size=3, grpo_max_completion_length=5)  # 4 records: batches of 3 and 1
+
+
+def test_heldout_reward_is_the_mean_of_the_summed_reward_functions(tokenizer):
+    result = train.heldout_reward(llm.tiny_random_model(tokenizer), tokenizer, SAMPLING, rl_rows(4),
+                                  seeds=(0, 1), reward_funcs=[target_sum_reward, one_more])
+    assert result == {"seed 0": 14.5, "seed 1": 14.5, "mean": 14.5, "seed spread": 0.0}
+
+
+def test_heldout_reward_defaults_to_the_grouprank_reward(tokenizer):
+    # Random-model text holds no <answer> tags: every completion earns the -0.5 format gate.
+    result = train.heldout_reward(llm.tiny_random_model(tokenizer), tokenizer, SAMPLING, rl_rows(4), seeds=(3,))
+    assert result == {"seed 3": -0.5, "mean": -0.5, "seed spread": 0.0}
+
+
+def test_sampled_completions_repeat_with_their_seed(tokenizer):
+    model, prompts = llm.tiny_random_model(tokenizer), rl_rows(4)["prompt"]
+    first = train.sample_completions(model, tokenizer, SAMPLING, prompts, seed=0)
+    assert train.sample_completions(model, tokenizer, SAMPLING, prompts, seed=0) == first
+    assert train.sample_completions(model, tokenizer, SAMPLING, prompts, seed=1) != first
+
+
+def test_samples_follow_the_grpo_temperature_and_completion_budget(tokenizer):
+    model, prompts = llm.tiny_random_model(tokenizer), rl_rows(2)["prompt"]
+    cold = train.sample_completions(model, tokenizer, get_preset(SAMPLING, grpo_temperature=1e-4), prompts, seed=0)
+    greedy = []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = model.generate(**ids, do_sample=False, max_new_tokens=5, pad_token_id=tokenizer.pad_token_id)
+        greedy.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    assert cold == greedy  # near 0 sampling picks the most likely token, as greedy decoding does, for 5 tokens
+
+
+def test_reward_functions_get_completions_as_trl_passes_them(tokenizer):
+    seen = []
+
+    def recorder(prompts, completions, qid, **kwargs):
+        seen.append((completions, qid))
+        return [0.0] * len(completions)
+
+    train.score_completions(SAMPLING, rl_rows(2), ["a", "b"], reward_funcs=[recorder])
+    assert seen == [([[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}]], ["0", "1"])]
+
+
+def test_heldout_reward_refuses_records_without_prompts(tokenizer):
+    with pytest.raises(ValueError, match="prompt column"):
+        train.heldout_reward(None, tokenizer, SAMPLING, rl_rows(2).remove_columns("prompt"))
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -210,6 +356,26 @@ def test_trainer_settings_come_from_the_preset_and_device(tmp_path):
     assert grpo.per_device_train_batch_size % grpo.num_generations == 0
     assert (sft.learning_rate, sft.max_length, sft.eval_strategy) == (preset.sft_lr, preset.sft_max_length, "steps")
     assert sft.eval_steps == 1 / train.SFT_EVALS
+
+
+def test_grpo_options_reach_trl_and_default_to_trls_own(tmp_path):
+    defaults = train.grpo_config(get_preset("smoke"), tmp_path)
+    trl = GRPOConfig(str(tmp_path), use_cpu=True, bf16=False)
+    for field in ("num_iterations", "loss_type", "scale_rewards", "lr_scheduler_type", "warmup_steps"):
+        assert getattr(defaults, field) == getattr(trl, field), field
+    preset = get_preset("smoke", grpo_num_iterations=3, grpo_loss_type="dr_grpo", grpo_scale_rewards="none",
+                        grpo_lr_scheduler="constant", grpo_warmup_ratio=0.25)
+    args = train.grpo_config(preset, tmp_path)
+    assert (args.num_iterations, args.loss_type, args.scale_rewards) == (3, "dr_grpo", "none")
+    assert (args.lr_scheduler_type, args.get_warmup_steps(20)) == ("constant", 5)  # a quarter of 20 steps
+
+
+@pytest.mark.parametrize("field, value", [("grpo_loss_type", "ppo"), ("grpo_scale_rewards", "std"),
+                                          ("grpo_lr_scheduler", "cosine_decay"), ("grpo_num_iterations", 0),
+                                          ("grpo_warmup_ratio", 1.0)])
+def test_bad_grpo_options_name_their_field(field, value, tmp_path):
+    with pytest.raises(ValueError, match=field):
+        train.grpo_config(get_preset("smoke", **{field: value}), tmp_path)
 
 
 def test_default_folders_follow_the_preset():
@@ -282,7 +448,10 @@ def test_training_curves_plot_each_series(grpo_run, sft_run):
     sft_log, grpo_log = train.history(sft_run), train.history(grpo_run[0])
     assert {line.get_label() for line in plots.plot_loss(sft_log).axes[0].lines} == {"loss", "eval_loss"}
     reward_labels = {line.get_label() for line in plots.plot_rewards(grpo_log).axes[0].lines}
-    assert reward_labels == {"total", "variety"}  # one function: its mean would repeat the total
+    assert reward_labels == {"total", "variety", "total, rolling mean of 2 steps"}  # one function: no repeated mean
+    spread = plots.plot_reward_spread(grpo_log)  # reads the names this module logs under
+    assert len(spread.axes[0].lines) == 2 and len(spread.axes[1].lines[0].get_xdata()) == PRESET.grpo_max_steps
+    assert (plots.GROUP_STD, plots.GROUPS_ZERO_STD) == (train.GROUP_STD, train.GROUPS_ZERO_STD)
     failures = plots.plot_format_failures(grpo_log, FORMAT_FAILURE).axes[0].lines[0]
     assert list(failures.get_xdata()) == [1, 2, 3, 4]
 
