@@ -208,3 +208,15 @@ def first_stage_runs(collection: Collection, preset, qids: list[str], k: int = 1
     sparse = bm25_run(collection, preset, qids, k)
     dense = Dense(collection).search(queries, k)
     return {"BM25": sparse, "dense": dense, "hybrid": hybrid(sparse, dense, preset.hybrid_alpha, k)}
+
+
+FIRST_STAGES = ("BM25", "dense", "hybrid")
+
+
+def first_stage_run(collection: Collection, preset, qids: list[str], k: int = 100) -> Run:
+    """The preset's `first_stage` (the list the notebooks rerank), top k for the given queries."""
+    if preset.first_stage not in FIRST_STAGES:
+        raise ValueError(f"Preset field first_stage={preset.first_stage!r}: choose one of {FIRST_STAGES}")
+    if preset.first_stage == "BM25":
+        return bm25_run(collection, preset, qids, k)  # no MiniLM to load
+    return first_stage_runs(collection, preset, qids, k)[preset.first_stage]

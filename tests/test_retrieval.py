@@ -157,3 +157,15 @@ def test_damaged_cache_is_recomputed(cache_home, damage):
     assert np.allclose(np.load(path), first.matrix, atol=1e-5)  # rewritten whole
     assert ranked_ids(rebuilt.search(TINY.queries)["q"])[0] == "b"
     assert not list(path.parent.glob("*.tmp"))  # the temporary file was renamed, not left behind
+
+
+def test_first_stage_run_follows_the_preset(adi, cache_home):
+    from grouprank_mini import get_preset
+    from grouprank_mini.retrieval import bm25_run, first_stage_run, first_stage_runs
+
+    qids = list(adi.queries)[:3]
+    hybrid_preset = get_preset("smoke", first_stage="hybrid")
+    assert first_stage_run(adi, hybrid_preset, qids, 10) == first_stage_runs(adi, hybrid_preset, qids, 10)["hybrid"]
+    assert first_stage_run(adi, get_preset("smoke"), qids, 10) == bm25_run(adi, get_preset("smoke"), qids, 10)
+    with pytest.raises(ValueError, match="first_stage='splade'"):
+        first_stage_run(adi, get_preset("smoke", first_stage="splade"), qids)
