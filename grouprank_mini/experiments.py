@@ -1,23 +1,28 @@
 """The experiments the notebooks and the benchmark run on top of the rerankers: quality and cost
 of one reranker, the paradigm comparison, the paper's sweeps, score calibration, predicted-score
-distributions, and every trained model of a preset side by side.
+distributions, every trained model of a preset side by side, learning curves of the model's own
+judgement over training steps, and one query's candidates before and after training.
 
 Every function takes the same candidates for every system it compares (one first-stage run,
 the same queries), so differences come from the systems alone.
 """
 from __future__ import annotations
 
+import json
 import time
+from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
+from ir_measures import nDCG
 
 from . import llm
 from .config import ABLATIONS
-from .evaluate import evaluate
+from .evaluate import evaluate, judged_qrels, per_query_scores, remove_excluded
 from .parsing import ParsedGroup, parse_group_scores
-from .rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker, RerankedRun, Reranker
-from .runs import Run
+from .rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker, RankResult, RerankedRun, Reranker
+from .runs import Run, ranked_ids, top_k
 from .runtime import adapter_dir, grpo_dir
 
 
@@ -158,3 +163,216 @@ def best_weight(reranked: RerankedRun, reranker: GroupwiseReranker, first_stage:
                            for q, r in reranked.results.items()}, collection, qids)["nDCG@10"]
               for w in weights}
     return max(scores, key=lambda w: (scores[w], -w)), scores
+
+
+def bootstrap_verdict(result: dict) -> str:
+    """What a `paired_bootstrap` interval says, in words."""
+    if result["low"] > 0:
+        return "a gain beyond noise"
+    if result["high"] < 0:
+        return "a loss beyond noise"
+    return "within noise (the interval contains 0)"
+
+
+def bootstrap_sentence(result, system: str, baseline: str, level: float = 0.95) -> str:
+    """One sentence built from a `paired_bootstrap` result, so a notebook states only what was measured."""
+    return (f"{system} vs {baseline}: {result['mean difference']:+.3f} nDCG@10, {level:.0%} interval "
+            f"[{result['low']:+.3f}, {result['high']:+.3f}], {result['wins']} wins / {result['losses']} losses "
+            f"over {result['queries']} queries: {bootstrap_verdict(result)}.")
+
+
+# --- the model's own judgement, and how training moves it -------------------------------------------
+
+def own_reranker(model, tokenizer, preset) -> GroupwiseReranker:
+    """The groupwise reranker that shows what the model itself learned: scores read from token
+    probabilities (no sampling, no unreadable answers that fall back to the retriever) and retriever
+    weight 0, so none of the first stage's score is mixed in; the first stage only breaks exact ties."""
+    own = replace(preset, retriever_weight=0.0)
+    return GroupwiseReranker(llm.LLM(model, tokenizer, own), own, scoring="logprob")
+
+
+def per_query_ndcg(run: Run, collection, qids) -> dict[str, float]:
+    """nDCG@10 of each judged query among `qids`; a query missing from `run` counts 0, as in `evaluate`."""
+    qrels = judged_qrels(collection, qids)
+    found = per_query_scores(remove_excluded(run, collection), qrels, (nDCG @ 10,))["nDCG@10"]
+    return {q: found.get(q, 0.0) for q in qrels}
+
+
+def own_judgement(model, tokenizer, preset, collection, run: Run, qids, depth: int | None = None) -> dict[str, float]:
+    """Per-query nDCG@10 of `own_reranker` on the top `depth` (default: the preset's rerank_depth)
+    of `run`. Below `depth` the first stage's order is kept, which reaches nDCG@10 only if depth < 10."""
+    reranked = own_reranker(model, tokenizer, preset).rerank_run(collection, run, depth, qids)
+    return per_query_ndcg(reranked.run, collection, qids)
+
+
+@contextmanager
+def adapter_on(base, adapter):
+    """`base` with the LoRA adapter folder `adapter` attached (None: the base itself), taken off
+    again on exit. Not merged (`llm.with_adapter` merges): a merge would change the shared base for
+    every later point of a curve. PEFT's `unload` removes the LoRA layers and leaves the base as it was."""
+    if adapter is None:
+        yield base
+        return
+    from peft import PeftModel
+
+    tuned = PeftModel.from_pretrained(base, str(adapter)).eval()
+    try:
+        yield tuned
+    finally:
+        tuned.unload()
+
+
+def final_step(output_dir) -> int:
+    """The step at which a finished training run saved its adapter (Trainer's trainer_state.json)."""
+    from .train import STATE_FILE  # imported here: train loads TRL, which nothing else here needs
+
+    state = Path(output_dir) / STATE_FILE
+    if not state.is_file():
+        raise FileNotFoundError(f"{state} is missing: no way to tell at which step {output_dir} was saved")
+    step = json.loads(state.read_text()).get("global_step")
+    if step is None:
+        raise ValueError(f"{state} has no 'global_step' field")
+    return int(step)
+
+
+def stage_points(start, output_dir) -> list[tuple[int, Path | None]]:
+    """The (step, adapter) points of one training stage: step 0 is `start` (an adapter folder, or
+    None for the base model), then the stage's adapter snapshots. A run from before snapshots were
+    saved gives only its final adapter (said in one printed line)."""
+    from .train import snapshots
+
+    output_dir = Path(output_dir)
+    if start is not None and not (Path(start) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"the stage's start point {start} holds no adapter_config.json")
+    found = snapshots(output_dir)
+    if not found:
+        if not (output_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{output_dir} holds neither snapshots/step-<N>/ nor a finished adapter: "
+                                    "train this stage first")
+        print(f"{output_dir}: no adapter snapshots (a run from before they were saved): its end point only")
+        found = [(final_step(output_dir), output_dir)]
+    return [(0, None if start is None else Path(start)), *found]
+
+
+def curve_stages(preset) -> dict:
+    """The trained stages of `preset` as `learning_curve` takes them: SFT from the base model, then
+    GRPO from the SFT adapter. A stage with nothing trained yet is left out, in one printed line."""
+    from .train import snapshots
+
+    folders = adapter_folders(preset)
+    stages = {"SFT": (None, folders["SFT"]), "GRPO": (folders["SFT"], folders["SFT+GRPO"])}
+    trained = {}
+    for label, (start, output_dir) in stages.items():
+        if snapshots(output_dir) or (output_dir / "adapter_config.json").is_file():
+            trained[label] = (start, output_dir)
+        else:
+            print(f"{label}: nothing trained in {output_dir} yet (notebook 02 trains SFT, 03 GRPO): not on the curve")
+    return trained
+
+
+def _same_as_last_snapshot(output_dir: Path, points) -> bool:
+    """Whether a stage's final adapter is its last snapshot (train snapshots the last step), so a
+    later stage that starts from it can reuse that point's scores instead of computing them again."""
+    try:
+        return final_step(output_dir) == points[-1][0]
+    except FileNotFoundError:  # an unfinished run: its folder holds no final adapter to reuse
+        return False
+
+
+def _point_key(adapter) -> str:
+    """Names a curve point's model: its adapter folder, resolved so two spellings of one folder match."""
+    return "base model" if adapter is None else str(Path(adapter).resolve())
+
+
+def learning_curve(preset, stages: dict, collection, run: Run, qids) -> pd.DataFrame:
+    """The model's own judgement (`own_judgement`) at every point of every training stage.
+
+    `stages`: {label: (start adapter or None for the base model, stage output dir)} in training
+    order; each stage's points are its start (step 0) and its snapshots (`stage_points`). One row
+    per point: stage, step, nDCG@10 (mean), queries, adapter, and the per-query scores, so that
+    points can be compared with `paired_bootstrap` (`curve_summary`). The base model is loaded
+    once; each adapter is attached to it for its point and taken off again (`adapter_on`)."""
+    if not stages:
+        raise ValueError("no training stage to draw a curve of: train SFT first (notebook 02)")
+    base, tokenizer = llm.load(preset)
+    scored: dict[str, dict[str, float]] = {}  # adapter folder (or "base model") -> per-query scores
+    rows = []
+    for stage, (start, output_dir) in stages.items():
+        points = stage_points(start, output_dir)
+        for step, adapter in points:
+            key = _point_key(adapter)
+            if key not in scored:
+                with adapter_on(base, adapter) as model:
+                    scored[key] = own_judgement(model, tokenizer, preset, collection, run, qids)
+            scores = scored[key]
+            rows.append({"stage": stage, "step": step, "nDCG@10": sum(scores.values()) / max(len(scores), 1),
+                         "queries": len(scores), "adapter": key, "per query": scores})
+        if _same_as_last_snapshot(Path(output_dir), points):
+            scored[_point_key(output_dir)] = scored[rows[-1]["adapter"]]
+    return pd.DataFrame(rows)
+
+
+def curve_summary(curve: pd.DataFrame, samples: int = 10_000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Is each move of a learning curve more than noise? `paired_bootstrap` of each stage's last
+    point against its step 0 and, with several stages, of the curve's last point against its
+    first (e.g. SFT+GRPO against zero-shot). One row per comparison, with the two points' names."""
+    ends = {stage: (points.iloc[0], points.iloc[-1]) for stage, points in curve.groupby("stage", sort=False)}
+    if len(ends) > 1:
+        ends["all stages"] = (curve.iloc[0], curve.iloc[-1])
+    rows = {}
+    for name, (start, end) in ends.items():
+        result = paired_bootstrap(end["per query"], start["per query"], samples, seed, level)
+        rows[name] = {"from": f"{start['stage']} step {start['step']}", "to": f"{end['stage']} step {end['step']}",
+                      **result, "verdict": bootstrap_verdict(result)}
+    return pd.DataFrame(rows).T.rename_axis("comparison")
+
+
+# --- one query before and after training ------------------------------------------------------------
+
+def first_line(text: str, width: int = 70) -> str:
+    """The first non-empty line of a document, cut to `width` characters (an ellipsis marks a cut)."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= width else line[:width - 1].rstrip() + "…"
+
+
+def candidates(collection, first_stage: Run, qid: str, depth: int) -> list[str]:
+    """The ids a reranker sees for `qid`: the first stage's top `depth`, excluded ids dropped first."""
+    return ranked_ids(top_k(remove_excluded({qid: first_stage[qid]}, collection), depth)[qid])
+
+
+def example_query(after: dict[str, float], before: dict[str, float], collection, first_stage: Run, depth: int) -> str:
+    """The query to show before and after training. Rule: among the queries of `before` (per-query
+    nDCG@10) with at least one relevant document among their `depth` candidates, the one whose
+    nDCG@10 changed most (largest |after − before|, a loss as much as a gain); ties go to the query
+    that comes first."""
+    eligible = [q for q in before if any(collection.qrels.get(q, {}).get(d, 0) > 0
+                                         for d in candidates(collection, first_stage, q, depth))]
+    if not eligible:
+        raise ValueError(f"no query has a relevant document among its top {depth} candidates")
+    return max(eligible, key=lambda q: abs(after.get(q, 0.0) - before[q]))  # max keeps the first of equals
+
+
+def own_rankings(models: dict, tokenizer, preset, collection, run: Run, qid: str,
+                 depth: int | None = None) -> dict[str, RankResult]:
+    """`own_reranker`'s result for one query with each model of {name: model}."""
+    return {name: own_reranker(model, tokenizer, preset).rerank_run(collection, run, depth, [qid]).results[qid]
+            for name, model in models.items()}
+
+
+def ranking_table(systems: dict[str, RankResult], collection, qid: str, first_stage: Run, depth: int) -> pd.DataFrame:
+    """One query's candidates, one row per document in first-stage order: its first line, its human
+    gain, its first-stage rank, each system's 0-10 score (`RankResult.model_scores`; `systems` in
+    training order) and its new rank under the last, most trained, system."""
+    ids = candidates(collection, first_stage, qid, depth)
+    for name, result in systems.items():
+        missing = [d for d in ids if d not in result.model_scores]
+        if missing:
+            raise ValueError(f"{name} gave no score to document {missing[0]} of query {qid}: "
+                             f"rerank the same top {depth} of the same first stage")
+    last, result = list(systems.items())[-1]
+    new_rank = {d: rank for rank, d in enumerate(ranked_ids(result.scores), 1)}
+    gains = collection.qrels.get(qid, {})
+    rows = [{"document": first_line(collection.docs[d]), "gain": gains.get(d, 0), "first-stage rank": rank,
+             **{f"{name} score": round(r.model_scores[d], 2) for name, r in systems.items()},
+             f"{last} rank": new_rank[d]} for rank, d in enumerate(ids, 1)]
+    return pd.DataFrame(rows, index=pd.Index(ids, name="doc"))

@@ -1,8 +1,15 @@
-"""Experiment helpers that decide what counts as a result: the paired bootstrap and the
-dev-chosen retriever weight (grouprank_mini.experiments)."""
-import pytest
+"""Experiment helpers that decide what counts as a result: the paired bootstrap, the
+dev-chosen retriever weight, learning curves of the model's own judgement, and one query's
+ranking before and after training (grouprank_mini.experiments)."""
+import json
+from pathlib import Path
 
-from grouprank_mini import experiments, get_preset
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel
+
+from grouprank_mini import experiments, get_preset, llm
 from grouprank_mini.collection import Collection
 from grouprank_mini.rerank import GroupwiseReranker, RankResult, RerankedRun
 
@@ -34,3 +41,173 @@ def test_best_weight_is_chosen_from_the_model_scores_of_one_run():
     weight, scores = experiments.best_weight(RerankedRun({}, results), reranker, first_stage, collection,
                                              weights=(0.0, 0.4, 0.95))
     assert weight == 0.0 and scores[0.0] == 1.0 and scores[0.95] < 1.0
+
+
+# --- learning curves of the model's own judgement ------------------------------------------------
+# A tiny random Qwen2 saved as a folder (so llm.load finds it through a preset) and fresh PEFT LoRA
+# adapters of it laid out as training stages: <stage>/snapshots/step-<N>/ and a final adapter.
+
+DOCS = {f"d{i}": f"document {i} on {topic}" for i, topic in
+        enumerate(["wings", "flutter", "heat", "shock waves", "boundary layers", "nozzles"], 1)}
+QRELS = {"q1": {"d2": 2, "d5": 1}, "q2": {"d1": 1}, "q3": {"d6": 0}}  # q3 has nothing relevant
+
+
+@pytest.fixture(scope="module")
+def curve_world(tmp_path_factory):
+    """A preset on a tiny saved model, its collection and first stage, and two adapter seeds."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("curve")
+    folder = llm.save_tiny_qwen2(root / "tiny-qwen2", llm.load_tokenizer())
+    preset = get_preset("smoke", model=str(folder))
+    collection = Collection("curve", DOCS, {"q1": "flutter", "q2": "wings", "q3": "heat"}, QRELS)
+    first_stage = {q: {d: float(-i) for i, d in enumerate(DOCS)} for q in collection.queries}
+    return {"root": root, "preset": preset, "collection": collection, "run": first_stage}
+
+
+def save_lora(base_folder, target: Path, seed: int) -> Path:
+    """A fresh LoRA adapter of the tiny model with random (non-zero) B matrices, so it changes the model."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    tuned = get_peft_model(llm.load_model(str(base_folder)), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for name, weight in tuned.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.5)
+    tuned.save_pretrained(str(target))
+    return target
+
+
+def fake_stage(world, name: str, steps: list[int], finished: bool = True, snapshots: bool = True) -> Path:
+    """A stage output dir as train leaves it: snapshots at `steps`, and when finished the last
+    one again as the final adapter with trainer_state.json."""
+    stage = world["root"] / name
+    model = world["preset"].model
+    for step in steps if snapshots else []:
+        save_lora(model, stage / "snapshots" / f"step-{step}", seed=step + len(name))
+    if finished:
+        save_lora(model, stage, seed=steps[-1] + len(name))  # same seed: the last snapshot's weights
+        (stage / "trainer_state.json").write_text(json.dumps({"global_step": steps[-1]}))
+    return stage
+
+
+def test_own_reranker_ranks_by_the_model_alone():
+    """w = 0: a model preferring b puts b first although the retriever puts a far ahead; the
+    preset's w = 0.4 would keep a first."""
+    preset = get_preset("smoke")
+    own = experiments.own_reranker(None, None, preset)
+    assert (own.scoring, own.preset.retriever_weight) == ("logprob", 0.0) and preset.retriever_weight == 0.4
+    model, retriever = {"a": 4.0, "b": 5.0}, {"a": 1.0, "b": 0.0}
+    assert max(own.final_scores(model, retriever), key=own.final_scores(model, retriever).get) == "b"
+    mixed = GroupwiseReranker(None, preset).final_scores(model, retriever)
+    assert max(mixed, key=mixed.get) == "a"
+
+
+def test_adapter_on_leaves_the_shared_base_as_it_was(curve_world, tmp_path):
+    base = llm.load_model(curve_world["preset"].model)
+    adapter = save_lora(curve_world["preset"].model, tmp_path / "a", seed=1)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = base(input_ids=ids).logits
+    with experiments.adapter_on(base, adapter) as tuned:
+        assert not torch.allclose(tuned(input_ids=ids).logits, before)
+    assert torch.equal(base(input_ids=ids).logits, before) and not hasattr(base, "peft_config")
+
+
+def test_learning_curve_rows_steps_order_and_scores(curve_world, capsys, monkeypatch):
+    sft = fake_stage(curve_world, "sft", [1, 2])
+    grpo = fake_stage(curve_world, "grpo", [1, 3], finished=False)
+    stages = {"SFT": (None, sft), "GRPO": (sft, grpo)}
+    models = []
+    judge = experiments.own_judgement
+    monkeypatch.setattr(experiments, "own_judgement",
+                        lambda model, *args: models.append(model) or judge(model, *args))
+    curve = experiments.learning_curve(curve_world["preset"], stages, curve_world["collection"], curve_world["run"],
+                                       ["q1", "q2", "q3"])
+    assert list(zip(curve["stage"], curve["step"])) == [("SFT", 0), ("SFT", 1), ("SFT", 2),
+                                                         ("GRPO", 0), ("GRPO", 1), ("GRPO", 3)]
+    assert curve["adapter"].iloc[0] == "base model" and curve["adapter"].iloc[2].endswith("step-2")
+    assert (curve["queries"] == 2).all()  # q3 has no relevant document: not judged
+    for _, row in curve.iterrows():
+        assert set(row["per query"]) == {"q1", "q2"} and all(0.0 <= v <= 1.0 for v in row["per query"].values())
+        assert row["nDCG@10"] == pytest.approx(sum(row["per query"].values()) / 2)
+    assert curve["per query"].iloc[3] == curve["per query"].iloc[2]  # GRPO starts where SFT ended...
+    assert len(models) == 5 and len({id(m) for m in models[1:]}) == 4  # ...without a 6th run; a fresh wrap per adapter
+    assert not isinstance(models[0], PeftModel) and all(isinstance(m, PeftModel) for m in models[1:])
+    assert "no adapter snapshots" not in capsys.readouterr().out
+
+
+def test_a_stage_without_snapshots_gives_its_end_point_and_says_so(curve_world, capsys):
+    old = fake_stage(curve_world, "old-sft", [4], snapshots=False)
+    points = experiments.stage_points(None, old)
+    assert points == [(0, None), (4, old)]
+    assert f"{old}: no adapter snapshots" in capsys.readouterr().out
+
+
+def test_missing_stage_and_start_folders_are_named(curve_world):
+    missing = curve_world["root"] / "never-trained"
+    with pytest.raises(FileNotFoundError, match="never-trained"):
+        experiments.stage_points(None, missing)
+    sft = fake_stage(curve_world, "sft-2", [1])
+    with pytest.raises(FileNotFoundError, match="no-start"):
+        experiments.stage_points(curve_world["root"] / "no-start", sft)
+    with pytest.raises(ValueError, match="no training stage"):
+        experiments.learning_curve(curve_world["preset"], {}, curve_world["collection"], curve_world["run"], ["q1"])
+
+
+def hand_curve(start: float, sft_gain: float, grpo_gain: float, queries: int = 30) -> pd.DataFrame:
+    """A learning curve without a model: per-query scores that move by the given amounts."""
+    def point(stage, step, shift):
+        scores = {str(q): start + shift + (0.01 if q % 2 else -0.01) for q in range(queries)}
+        return {"stage": stage, "step": step, "per query": scores}
+    return pd.DataFrame([point("SFT", 0, 0), point("SFT", 4, sft_gain),
+                         point("GRPO", 0, sft_gain), point("GRPO", 2, sft_gain + grpo_gain)])
+
+
+def test_curve_summary_compares_each_stage_and_the_whole_curve():
+    summary = experiments.curve_summary(hand_curve(0.3, 0.1, 0.0), samples=2000)
+    assert list(summary.index) == ["SFT", "GRPO", "all stages"]
+    assert (summary.loc["all stages", "from"], summary.loc["all stages", "to"]) == ("SFT step 0", "GRPO step 2")
+    assert summary.loc["SFT", "verdict"] == "a gain beyond noise"
+    assert summary.loc["GRPO", "verdict"].startswith("within noise")
+    assert summary.loc["SFT", "mean difference"] == pytest.approx(0.1) and summary.loc["SFT", "wins"] == 30
+    loss = experiments.curve_summary(hand_curve(0.5, -0.2, 0.0), samples=2000)
+    assert loss.loc["SFT", "verdict"] == "a loss beyond noise"
+
+
+def test_bootstrap_sentence_carries_the_numbers():
+    result = experiments.paired_bootstrap({"a": 0.5, "b": 0.6}, {"a": 0.2, "b": 0.2}, samples=500)
+    sentence = experiments.bootstrap_sentence(result, "SFT step 4", "zero-shot")
+    assert sentence.startswith("SFT step 4 vs zero-shot: +0.350 nDCG@10, 95% interval [+0.300, +0.400]")
+    assert "2 wins / 0 losses over 2 queries: a gain beyond noise." in sentence
+
+
+# --- one query before and after training ----------------------------------------------------------
+
+def test_example_query_needs_a_relevant_candidate_and_takes_the_largest_change():
+    collection = Collection("toy", DOCS, {"q1": "x", "q2": "y", "q3": "z", "q4": "w"},
+                            {"q1": {"d1": 1}, "q2": {"d6": 1}, "q3": {"d2": 1}, "q4": {"d3": 1}})
+    first_stage = {q: {d: float(-i) for i, d in enumerate(DOCS)} for q in collection.queries}  # d1 first, d6 last
+    before = {"q1": 0.5, "q2": 0.0, "q3": 0.2, "q4": 0.4}
+    after = {"q1": 0.6, "q2": 0.9, "q3": 0.0, "q4": 0.6}
+    # q2 moved most, but its relevant d6 is not among the top 3 candidates; q3 and q4 tie at 0.2: q3 comes first
+    assert experiments.example_query(after, before, collection, first_stage, depth=3) == "q3"
+    assert experiments.example_query(after, before, collection, first_stage, depth=6) == "q2"
+    with pytest.raises(ValueError, match="top 1 candidates"):
+        experiments.example_query(after, {"q2": 0.0}, collection, first_stage, depth=1)
+
+
+def test_ranking_table_shows_scores_and_the_new_rank_of_the_last_system():
+    long_text = "a very long opening line about the aerodynamic heating of blunt bodies at hypersonic speed\nsecond"
+    collection = Collection("toy", {"d1": "short one", "d2": long_text, "d3": "third"}, {"q": "x"},
+                            {"q": {"d2": 2}})
+    first_stage = {"q": {"d1": 3.0, "d2": 2.0, "d3": 1.0}}
+    zero = RankResult({"d1": 0.9, "d2": 0.5, "d3": 0.1}, model_scores={"d1": 9.0, "d2": 5.0, "d3": 1.0})
+    sft = RankResult({"d1": 0.2, "d2": 0.8, "d3": 0.5}, model_scores={"d1": 2.0, "d2": 8.0, "d3": 5.0})
+    table = experiments.ranking_table({"zero-shot": zero, "SFT": sft}, collection, "q", first_stage, depth=3)
+    assert list(table.index) == ["d1", "d2", "d3"]
+    assert list(table.columns) == ["document", "gain", "first-stage rank", "zero-shot score", "SFT score", "SFT rank"]
+    assert table["gain"].tolist() == [0, 2, 0] and table["SFT rank"].tolist() == [3, 1, 2]
+    assert table.loc["d2", "document"].endswith("…") and len(table.loc["d2", "document"]) == 70
+    assert table.loc["d1", "zero-shot score"] == 9.0
+    with pytest.raises(ValueError, match="SFT gave no score to document d3"):
+        experiments.ranking_table({"SFT": RankResult({}, model_scores={"d1": 1.0, "d2": 2.0})}, collection, "q",
+                                  first_stage, depth=3)
