@@ -243,3 +243,28 @@ def score_histograms(scores: dict[str, list[float]]) -> Figure:
         ax.set(title=name, xlabel="score", xticks=range(0, 11, 2))
     axes[0].set_ylabel("share")
     return fig
+
+
+# --- learning curves (input: experiments.learning_curve) -------------------------------------------
+
+def learning_curve(curve, first_stage: float | None = None, first_stage_label: str = "first stage") -> Figure:
+    """nDCG@10 against training step, one line per stage with a marker at each evaluated point.
+    Stages are laid end to end: a stage's step 0 sits on the previous stage's last step, so GRPO's
+    steps follow SFT's. `first_stage`: the retriever's own score, drawn as a dashed line."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    offset = 0
+    for stage, points in curve.groupby("stage", sort=False):
+        ax.plot(points["step"] + offset, points["nDCG@10"], marker="o", label=stage)
+        offset += int(points["step"].max())
+    if first_stage is not None:
+        ax.axhline(first_stage, color="gray", linestyle="--", label=first_stage_label)
+    queries = sorted(set(curve["queries"]))
+    count = str(queries[0]) if len(queries) == 1 else f"{queries[0]}-{queries[-1]}"  # one count, unless points differ
+    ax.set(title=f"Own judgement over training ({count} queries)", xlabel="training step (stages end to end)",
+           ylabel="nDCG@10")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a run of 2 steps has no step 1.5
+    ax.legend()
+    return fig
