@@ -165,6 +165,17 @@ def best_weight(reranked: RerankedRun, reranker: GroupwiseReranker, first_stage:
     return max(scores, key=lambda w: (scores[w], -w)), scores
 
 
+def dev_weighted_run(model, tokenizer, preset, collection, dev_run: Run, dev: list[str], run: Run,
+                     qids: list[str]) -> tuple[Run, float, dict[float, float]]:
+    """The final reranker as a user would tune it: token-probability scores, the retriever weight
+    chosen on `dev` queries of `dev_run` (`best_weight`), then applied to `qids` of `run`.
+    Returns (that run, the weight, dev nDCG@10 of every weight tried)."""
+    scorer = GroupwiseReranker(llm.LLM(model, tokenizer, preset), preset, scoring="logprob")
+    weight, by_weight = best_weight(scorer.rerank_run(collection, dev_run, qids=dev), scorer, dev_run, collection)
+    scored = scorer.rerank_run(collection, run, qids=qids)
+    return {q: scorer.final_scores(r.model_scores, run[q], weight) for q, r in scored.results.items()}, weight, by_weight
+
+
 def bootstrap_verdict(result: dict) -> str:
     """What a `paired_bootstrap` interval says, in words."""
     if result["low"] > 0:

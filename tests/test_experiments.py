@@ -211,3 +211,12 @@ def test_ranking_table_shows_scores_and_the_new_rank_of_the_last_system():
     with pytest.raises(ValueError, match="SFT gave no score to document d3"):
         experiments.ranking_table({"SFT": RankResult({}, model_scores={"d1": 1.0, "d2": 2.0})}, collection, "q",
                                   first_stage, depth=3)
+
+
+def test_dev_weighted_run_chooses_w_on_dev_and_scores_every_test_query(curve_world):
+    preset, collection, run = curve_world["preset"], curve_world["collection"], curve_world["run"]
+    model, tokenizer = llm.load(preset)
+    final, weight, by_weight = experiments.dev_weighted_run(model, tokenizer, preset, collection, run, ["q1"], run,
+                                                           ["q2", "q3"])
+    assert weight in by_weight and by_weight[weight] == max(by_weight.values())
+    assert set(final) == {"q2", "q3"} and all(set(final[q]) >= set(list(DOCS)[:preset.rerank_depth]) for q in final)
