@@ -98,7 +98,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # Every stage in minutes on 2 CPU cores: the CI preset.
     "smoke": Preset(
-        name="smoke", eval_queries=8, analysis_queries=2, rerank_depth=10, group_size=5, doc_max_chars=160,
+        name="smoke", eval_queries=8, analysis_queries=4, rerank_depth=10, group_size=5, doc_max_chars=160,
         max_new_tokens=64, synth_queries=12, pool_top_k=5, pool_random_m=5, pool_rank_max=50,
         synth_group_sizes=(3, 5), sft_max_steps=6, sft_max_length=512, grpo_max_steps=2,
         grpo_num_generations=2, grpo_batch_size=2, grpo_max_completion_length=48, save_steps=1,

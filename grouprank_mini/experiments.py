@@ -48,7 +48,9 @@ def per_query_costs(stats: llm.GenerationStats, seconds: float, queries: int) ->
         "calls/query": stats.calls / n,
         "prompt tokens/query": stats.prompt_tokens / n,
         "generated tokens/query": stats.generated_tokens / n,
-        "prefill tokens/s": stats.prompt_tokens / stats.prefill_seconds if stats.prefill_seconds else float("nan"),
+        # Computed tokens only: a shared prefix's copies (prefix cache) cost nothing.
+        "prefill tokens/s": (stats.prompt_tokens - stats.cached_tokens) / stats.prefill_seconds
+        if stats.prefill_seconds else float("nan"),
     }
 
 
@@ -351,13 +353,30 @@ def candidates(collection, first_stage: Run, qid: str, depth: int) -> list[str]:
     return ranked_ids(top_k(remove_excluded({qid: first_stage[qid]}, collection), depth)[qid])
 
 
+def relevant_candidates(collection, first_stage: Run, qid: str, depth: int) -> int:
+    """How many of `qid`'s `depth` candidates a person judged relevant (gain > 0)."""
+    gains = collection.qrels.get(qid, {})
+    return sum(gains.get(d, 0) > 0 for d in candidates(collection, first_stage, qid, depth))
+
+
+def teaching_queries(collection, first_stage: Run, qids: list[str], depth: int, n: int) -> list[str]:
+    """Queries a reranker can visibly help or hurt. Rule: the first `n` of `qids`, in their order,
+    with at least one relevant and at least one non-relevant document among their `depth`
+    candidates -- with none relevant every order scores 0, with all relevant every order is perfect."""
+    chosen = [q for q in qids if 0 < relevant_candidates(collection, first_stage, q, depth)
+              < len(candidates(collection, first_stage, q, depth))][:n]
+    if len(chosen) < n:
+        raise ValueError(f"only {len(chosen)} of {len(qids)} queries have both relevant and non-relevant "
+                         f"documents among their top {depth} candidates; {n} were asked for")
+    return chosen
+
+
 def example_query(after: dict[str, float], before: dict[str, float], collection, first_stage: Run, depth: int) -> str:
     """The query to show before and after training. Rule: among the queries of `before` (per-query
     nDCG@10) with at least one relevant document among their `depth` candidates, the one whose
     nDCG@10 changed most (largest |after − before|, a loss as much as a gain); ties go to the query
     that comes first."""
-    eligible = [q for q in before if any(collection.qrels.get(q, {}).get(d, 0) > 0
-                                         for d in candidates(collection, first_stage, q, depth))]
+    eligible = [q for q in before if relevant_candidates(collection, first_stage, q, depth)]
     if not eligible:
         raise ValueError(f"no query has a relevant document among its top {depth} candidates")
     return max(eligible, key=lambda q: abs(after.get(q, 0.0) - before[q]))  # max keeps the first of equals

@@ -236,6 +236,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens not computed again: a shared prefix's copies (LLM.prefix_cache)
     generated_tokens: int = 0
+    decode_steps: int = 0  # forward passes after the first new token, summed over batches (a batch's longest answer)
     seconds: float = 0.0
     prefill_seconds: float = 0.0
 
@@ -346,6 +347,7 @@ class LLM:
                                   stopping_criteria=self._stop_after_answer)
         new = out[:, input_ids.shape[1]:]
         self._count(mask, shared, start, clock.first, generated=int((new != self.tokenizer.pad_token_id).sum()))
+        self.stats.decode_steps += max(new.shape[1] - 1, 0)  # the first new token comes from the prefill pass
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     def _count(self, mask, shared: int, start: float, first_step: float | None, generated: int) -> None:

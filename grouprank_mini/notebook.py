@@ -2,6 +2,7 @@
 
     P = notebook.start(preset)            # the preset, threads and seeds set, third-party noise hidden
     notebook.show_source(synthesis.fuse)  # the few lines behind a formula, where the text teaches it
+    notebook.preset_table(P, ["group_size", "rerank_depth"])  # the fields a notebook uses, not all 70
 """
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def show_source(function):
     except ImportError:
         return source
     return Code(source, language="python")
+
+
+def preset_table(preset, fields: list[str]):
+    """The preset's name and the given fields as a short two-column table (a full `Preset` prints
+    as one line of seventy fields, unreadable on a projector)."""
+    import pandas as pd
+
+    unknown = [f for f in fields if f not in preset.__dataclass_fields__]
+    if unknown:
+        raise KeyError(f"unknown Preset field(s) {unknown}")
+    rows = {"preset": preset.name, **{f: getattr(preset, f) for f in fields}}
+    return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=pd.Index(list(rows), name="field"))

@@ -23,6 +23,9 @@ def show_figures_in_notebooks() -> None:
 
 show_figures_in_notebooks()
 
+# Hollow markers of distinct shapes: systems named in a legend stay visible when they overlap.
+BENCHMARK_MARKERS = "osD^vP<>Xh*p"
+
 
 # --- training curves (input: train.history(output_dir), a DataFrame indexed by step) ---------------
 
@@ -137,16 +140,43 @@ def per_query_bars(per_query: dict[str, float], title: str = "nDCG@10 per test q
     return fig
 
 
-def quality_vs_speed(table) -> Figure:
-    """nDCG@10 against seconds per query, one labelled point per paradigm (experiments.compare_paradigms)."""
-    fig = Figure(figsize=(5.5, 3.5), layout="constrained")
+def quality_vs_speed(table, queries: int | None = None) -> Figure:
+    """nDCG@10 against seconds per query, one marker per paradigm (experiments.compare_paradigms),
+    named in a legend: labels written beside the points overlap when two paradigms cost alike."""
+    fig = Figure(figsize=(6.5, 3.5), layout="constrained")
     ax = fig.add_subplot()
-    for name, row in table.iterrows():
+    for i, (name, row) in enumerate(table.iterrows()):
         seconds = row.get("seconds/query", 0.0)
         seconds = 0.0 if seconds != seconds else seconds  # BM25 has no LLM time (NaN)
-        ax.scatter(seconds, row["nDCG@10"], s=40)
-        ax.annotate(name, (seconds, row["nDCG@10"]), textcoords="offset points", xytext=(5, 4))
-    ax.set(title="Quality vs speed", xlabel="seconds per query (LLM)", ylabel="nDCG@10")
+        ax.scatter(seconds, row["nDCG@10"], s=90, marker=BENCHMARK_MARKERS[i % len(BENCHMARK_MARKERS)],
+                   facecolors="none", edgecolors=f"C{i % 10}", linewidths=2, label=name)
+    title = "Quality vs speed" + (f" ({queries} queries)" if queries else "")
+    ax.set(title=title, xlabel="seconds per query (LLM)", ylabel="nDCG@10")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def interpolation(model_scores: dict[str, float], retriever_scores: dict[str, float], weight: float,
+                  relevant: set[str], title: str) -> Figure:
+    """How the final score is made, one line per candidate: the retriever's score min-max
+    normalised, the model's score / 10, and final = (1-w)·model/10 + w·retriever. Relevant
+    documents (human gain > 0) in colour, the rest in grey."""
+    from .groups import interpolate
+    from .runs import minmax
+
+    norm, final = minmax(retriever_scores), interpolate(model_scores, retriever_scores, weight)
+    fig = Figure(figsize=(6.5, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for doc in model_scores:
+        hit = doc in relevant
+        ax.plot([0, 1, 2], [norm.get(doc, 0.0), model_scores[doc] / 10, final[doc]], marker="o",
+                color="tab:orange" if hit else "tab:gray", alpha=0.9 if hit else 0.45, linewidth=2 if hit else 1,
+                zorder=3 if hit else 2)
+    ax.plot([], [], color="tab:orange", marker="o", label="relevant (human gain > 0)")
+    ax.plot([], [], color="tab:gray", marker="o", label="not relevant")
+    ax.set_xticks([0, 1, 2], ["retriever\n(min-max normalised)", "model score / 10", f"final (w = {weight:g})"])
+    ax.set(title=title, ylabel="score", ylim=(-0.05, 1.05))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return fig
 
 
@@ -175,14 +205,17 @@ def teacher_validation_bars(table, column: str = "nDCG@10") -> Figure:
 
 
 def sweep_plot(table, field: str, title: str) -> Figure:
-    """nDCG@10 (left axis) and seconds per query (right axis) against a swept preset field."""
-    fig = Figure(figsize=(5.5, 3.2), layout="constrained")
+    """nDCG@10 (left axis) and seconds per query (right axis) against a swept preset field, whose
+    values (group sizes, pass counts: whole numbers) are the ticks; one legend names both lines."""
+    fig = Figure(figsize=(6, 3.4), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(table.index, table["nDCG@10"], marker="o", color="tab:blue")
-    ax.set(title=title, xlabel=field, ylabel="nDCG@10")
+    quality = ax.plot(table.index, table["nDCG@10"], marker="o", color="tab:blue", label="nDCG@10 (left)")
+    ax.set(title=title, xlabel=field, ylabel="nDCG@10", xticks=list(table.index))
     twin = ax.twinx()
-    twin.plot(table.index, table["seconds/query"], marker="s", linestyle="--", color="tab:gray")
+    cost = twin.plot(table.index, table["seconds/query"], marker="s", linestyle="--", color="tab:gray",
+                     label="seconds / query (right)")
     twin.set_ylabel("seconds / query", color="tab:gray")
+    ax.legend(handles=quality + cost, loc="best", fontsize=8)
     return fig
 
 
@@ -210,9 +243,6 @@ def win_loss(system: dict[str, float], baseline: dict[str, float], title: str) -
 
 
 # --- benchmarks (input: the rows of benchmarks/rerank_paradigms.py) -------------------------------
-
-BENCHMARK_MARKERS = "osD^vP<>Xh*p"
-
 
 def paradigm_benchmark(table, subtitle: str) -> Figure:
     """nDCG@10 against seconds per query, one hollow marker per row of `table`, named in a legend.

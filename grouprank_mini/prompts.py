@@ -49,12 +49,17 @@ def groupwise_messages(query: str, docs: list[str], max_chars: int, reasoning: b
     return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]
 
 
-def listwise_messages(query: str, docs: list[str], max_chars: int) -> list[dict]:
+def listwise_messages(query: str, docs: list[str], max_chars: int, reasoning: bool = False) -> list[dict]:
     """A RankGPT-style window prompt: order the documents from most to least useful."""
     n = len(docs)
+    if reasoning:  # the same thinking step as the groupwise prompt, so the two compare like for like
+        form = ("First think briefly inside <reason> </reason>, comparing the documents. "
+                "Then give the order inside <answer> </answer>")
+    else:
+        form = "Reply with only the order inside <answer> </answer>"
     user = (f"Query: {truncate(query, 1000)}\n\nDocuments:\n{numbered_documents(docs, max_chars)}\n\n"
-            f"Order all {n} documents from most to least useful for the query. Reply with only the order "
-            f"inside <answer> </answer>, for example <answer>[2] > [1] > [3]</answer>.")
+            f"Order all {n} documents from most to least useful for the query. {form}, "
+            f"for example <answer>[2] > [1] > [3]</answer>.")
     return [{"role": "system", "content": "You rank search results by how much they help answer a query."},
             {"role": "user", "content": user}]
 

@@ -109,15 +109,22 @@ class GroupwiseReranker(Reranker):
 
     name = "groupwise"
 
-    def rank_many(self, requests: list[Request]) -> list[RankResult]:
+    def group_prompts(self, query: str, docs: Candidates) -> tuple[list[list[int]], list[list[dict]]]:
+        """The groups of one query (indices into `docs`, shuffled with the preset's seed, every
+        pass) and the prompt sent for each: exactly what `rank` sends the model."""
         p = self.preset
-        plans = [groups.multi_pass_groups(len(docs), p.group_size, p.passes, p.seed) for _, docs, _ in requests]
-        messages, sizes = [], []
-        for (query, docs, _), plan in zip(requests, plans):
-            texts = list(docs.values())
-            for group in plan:
-                messages.append(prompts.groupwise_messages(query, [texts[i] for i in group], p.doc_max_chars, p.reasoning))
-                sizes.append(len(group))
+        plan = groups.multi_pass_groups(len(docs), p.group_size, p.passes, p.seed)
+        texts = list(docs.values())
+        return plan, [prompts.groupwise_messages(query, [texts[i] for i in group], p.doc_max_chars, p.reasoning)
+                      for group in plan]
+
+    def rank_many(self, requests: list[Request]) -> list[RankResult]:
+        plans, messages = [], []
+        for query, docs, _ in requests:
+            plan, group_messages = self.group_prompts(query, docs)
+            plans.append(plan)
+            messages += group_messages
+        sizes = [len(group) for plan in plans for group in plan]
         flat = iter(self._score_prompts(messages, sizes))
         return [self._merge(docs, first_stage, plan, [next(flat) for _ in plan])
                 for (_, docs, first_stage), plan in zip(requests, plans)]
@@ -202,8 +209,9 @@ class ListwiseReranker(Reranker):
         for i, start in windows:
             query, docs, _ = requests[i]
             texts = [docs[d] for d in orders[i][start:start + self.window]]
-            messages.append(prompts.listwise_messages(query, texts, self.preset.doc_max_chars))
-        budget = 6 * self.window + 16  # "[12] > " is about 6 tokens
+            messages.append(prompts.listwise_messages(query, texts, self.preset.doc_max_chars, self.preset.reasoning))
+        # Answer only: "[12] > " is about 6 tokens. Reasoning: the preset's cap, as every paradigm gets.
+        budget = self.preset.max_new_tokens if self.preset.reasoning else 6 * self.window + 16
         for (i, start), text in zip(windows, self.backend.generate(messages, max_new_tokens=budget)):
             window = orders[i][start:start + self.window]
             permutation = parse_permutation(text, len(window))

@@ -1,17 +1,23 @@
-"""The benchmark script's bookkeeping (benchmarks/rerank_paradigms.py), without a model:
-per-query costs, format failures, speed targets, and resuming a killed run."""
+"""The benchmark script (benchmarks/rerank_paradigms.py): per-query costs, format failures, speed
+and prefix-cache targets, the latency regime's schedule (one query; listwise windows in order,
+groupwise in one batch) and resuming a killed run."""
 import importlib.util
 import json
+import re
+import sys
 
 import pytest
 
+from grouprank_mini import get_preset, llm
+
 from grouprank_mini.parsing import ParsedGroup
-from grouprank_mini.rerank import RankResult, RerankedRun
+from grouprank_mini.rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker, RankResult, RerankedRun
 from grouprank_mini.llm import GenerationStats
 from grouprank_mini.runtime import PROJECT_ROOT
 
 spec = importlib.util.spec_from_file_location("rerank_paradigms", PROJECT_ROOT / "benchmarks" / "rerank_paradigms.py")
 bench = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench  # dataclasses look their module up there
 spec.loader.exec_module(bench)
 
 
@@ -38,12 +44,12 @@ def test_listwise_answers_fail_unless_they_name_every_document_once():
 
 def rows(group_seconds: float, group_ndcg: float) -> dict:
     """Benchmark rows where only groupwise's speed and quality vary."""
-    row = lambda seconds, ndcg: {"seconds/query": seconds, "median chunk seconds/query": seconds,
-                                 "nDCG@10": ndcg, "ceiling fraction": 0.6}
-    out = {bench.LISTWISE: row(64.0, 0.30)}
+    row = lambda seconds, ndcg: {"seconds/query": seconds, "median chunk seconds/query": seconds,  # noqa: E731
+                                 "nDCG@10": ndcg, bench.WEIGHTED: ndcg, "ceiling fraction": 0.8}
+    out = {bench.LISTWISE: row(64.0, 0.30) | {bench.WEIGHTED: None}}
     for scoring in ("generate", "logprob"):
-        out[f"pointwise {scoring} (w=0)"] = out[f"pointwise {scoring} (w=0.4)"] = row(24.0, 0.30)
-        out[f"groupwise {scoring} (w=0)"] = out[f"groupwise {scoring} (w=0.4)"] = row(group_seconds, group_ndcg)
+        out[f"pointwise {scoring}"] = row(24.0, 0.30)
+        out[f"groupwise {scoring}"] = row(group_seconds, group_ndcg)
     return out
 
 
@@ -52,9 +58,88 @@ def test_targets_are_the_papers_ratios_and_no_quality_loss(seconds, ndcg, met):
     measured = rows(seconds, ndcg)
     ratios = bench.speed_ratios(measured)
     assert ratios["groupwise generate vs listwise"]["seconds/query"] == pytest.approx(64.0 / seconds)
-    checks = bench.target_checks(measured, ratios, weight=0.4)
+    checks = bench.target_checks(measured, ratios)
     assert all(c["met"] for c in checks) == met
     assert any(not c["met"] for c in checks) != met
+
+
+def latency_rows(cached_share: float, score_difference: float) -> tuple[dict, dict]:
+    """Latency rows in which groupwise meets every speed target; the prefix cache varies."""
+    out = rows(10.0, 0.30)
+    reasoning = lambda seconds: out["groupwise generate"] | {"seconds/query": seconds,  # noqa: E731
+                                                             "median chunk seconds/query": seconds}
+    out[f"{bench.LISTWISE}{bench.REASONING}"] = reasoning(90.0)
+    out[f"groupwise generate{bench.REASONING}"] = reasoning(30.0)
+    out[f"pointwise generate{bench.REASONING}"] = reasoning(72.0)
+    out[f"groupwise logprob{bench.CACHE}"] = out["groupwise logprob"] | {"seconds/query": 8.0, "prefix share": cached_share}
+    return out, {f"groupwise logprob{bench.CACHE}": {"max score difference": score_difference}}
+
+
+@pytest.mark.parametrize("share, difference, met", [(0.3, 1e-5, True), (0.2, 1e-5, False), (0.3, 0.01, False)])
+def test_latency_targets_include_reasoning_and_the_prefix_cache(share, difference, met):
+    measured, prefix = latency_rows(share, difference)
+    assert bench.fastest_groupwise(measured) == f"groupwise logprob{bench.CACHE}"
+    checks = bench.target_checks(measured, bench.speed_ratios(measured), bench.LATENCY, prefix)
+    assert any("reasoning ≥ 3.0× faster than listwise, reasoning" in c["target"] for c in checks)
+    assert all(c["met"] for c in checks) == met
+
+
+def test_the_prefix_cache_check_compares_each_cached_row_with_its_plain_twin():
+    answers = lambda *texts: [{"text": t, "status": "ok"} for t in texts]  # noqa: E731
+    results = {"groupwise logprob": {"model scores": {"q": {"d1": 5.0, "d2": 3.0}}},
+               f"groupwise logprob{bench.CACHE}": {"model scores": {"q": {"d1": 5.0, "d2": 3.5}}},
+               "groupwise generate": {"outputs": answers("a", "b")},
+               f"groupwise generate{bench.CACHE}": {"outputs": answers("a", "c")}}
+    check = bench.prefix_cache_check(results)
+    assert check[f"groupwise logprob{bench.CACHE}"]["max score difference"] == pytest.approx(0.5)
+    assert check[f"groupwise generate{bench.CACHE}"]["identical answers"] == 0.5
+
+
+def test_regimes_latency_sends_a_query_alone_with_all_its_groups_in_one_batch():
+    preset = get_preset("cpu")
+    latency, throughput = bench.regimes(bench.parse_args([]), preset)
+    assert (latency.chunk, latency.depth, latency.batch_size) == (1, 100, 100 // preset.group_size)
+    assert throughput.chunk == throughput.batch_size == preset.batch_size
+    quick = bench.regimes(bench.parse_args(["--quick", "--regimes", "latency"]), preset)
+    assert [(r.name, r.queries) for r in quick] == [("latency", 1)]
+
+
+class RecordingBackend:
+    """Answers every listwise window with the identity order and keeps each call's prompts."""
+
+    def __init__(self):
+        self.stats, self.calls = GenerationStats(), []
+
+    def generate(self, messages, max_new_tokens=None):
+        self.calls.append(messages)
+        return ["<answer>" + " > ".join(f"[{k}]" for k in range(1, 21)) + "</answer>"] * len(messages)
+
+
+def test_listwise_latency_schedule_is_nine_windows_one_after_another_back_to_front():
+    backend = RecordingBackend()
+    docs = {f"d{i}": f"document number {i}" for i in range(100)}
+    first_stage = {d: -float(i) for i, d in enumerate(docs)}
+    ListwiseReranker(backend, get_preset("cpu", batch_size=10)).rank_many([("query", docs, first_stage)])
+    assert [len(call) for call in backend.calls] == [1] * 9  # one query: nothing to batch a window with
+    shown = [sorted(int(n) for n in re.findall(r"document number (\d+)", call[0][1]["content"])) for call in backend.calls]
+    assert [(w[0], w[-1]) for w in shown] == [(s, s + 19) for s in range(80, -1, -10)]
+
+
+def test_groupwise_sends_all_groups_of_a_query_in_one_batch_pointwise_needs_ten(tokenizer_and_tiny):
+    tokenizer, tiny = tokenizer_and_tiny
+    preset = get_preset("cpu", batch_size=10, doc_max_chars=40)
+    docs = {f"d{i}": f"document {i} on wing flutter" for i in range(100)}
+    request = [("wing flutter", docs, {d: -float(i) for i, d in enumerate(docs)})]
+    for cls, batches in ((GroupwiseReranker, 1), (PointwiseReranker, 10)):
+        reranker = cls(llm.LLM(tiny, tokenizer, preset), preset, scoring="logprob")
+        reranker.rank_many(request)
+        assert (reranker.stats.batches, reranker.stats.calls) == (batches, 100 // preset.group_size * batches)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_and_tiny():
+    tokenizer = llm.load_tokenizer()
+    return tokenizer, llm.tiny_random_model(tokenizer)
 
 
 class FakeReranker:

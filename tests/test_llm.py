@@ -60,6 +60,8 @@ def test_prefix_cache_gives_the_same_greedy_text(tiny, tokenizer):
     messages, _ = groups_of_one_query()
     assert pair.cached.generate(messages, max_new_tokens=12) == pair.plain.generate(messages, max_new_tokens=12)
     assert pair.cached.stats.cached_tokens > 0
+    # One batch of three prompts: the first new token comes from the prefill, at most 11 more steps.
+    assert pair.plain.stats.batches == 1 and 0 < pair.plain.stats.decode_steps <= 11
 
 
 def test_identical_prompts_and_single_prompts_are_safe(tiny, tokenizer):

@@ -14,10 +14,29 @@ def test_win_loss_counts_wins_and_losses():
     assert fig.axes[0].get_title() == "x: 1 wins, 1 losses"
 
 
-def test_sweep_plot_draws_both_axes():
-    table = pd.DataFrame({"nDCG@10": [0.3, 0.4], "seconds/query": [1.0, 2.0]}, index=[1, 2])
+def test_sweep_plot_draws_both_axes_with_one_legend_and_whole_ticks():
+    table = pd.DataFrame({"nDCG@10": [0.3, 0.4, 0.35], "seconds/query": [1.0, 2.0, 4.0]}, index=[1, 2, 4])
     fig = plots.sweep_plot(table, "passes", "t")
-    assert len(fig.axes) == 2 and list(fig.axes[0].lines[0].get_ydata()) == [0.3, 0.4]
+    assert len(fig.axes) == 2 and list(fig.axes[0].lines[0].get_ydata()) == [0.3, 0.4, 0.35]
+    assert list(fig.axes[0].get_xticks()) == [1, 2, 4]  # the swept values, no 1.5 passes
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["nDCG@10 (left)", "seconds / query (right)"]
+
+
+def test_quality_vs_speed_names_paradigms_in_a_legend():
+    table = pd.DataFrame({"nDCG@10": [0.3, 0.2, 0.25], "seconds/query": [float("nan"), 1.0, 1.0]},
+                         index=["BM25", "groupwise", "groupwise-logprob"])
+    fig = plots.quality_vs_speed(table, queries=4)
+    ax = fig.axes[0]
+    assert ax.get_title() == "Quality vs speed (4 queries)" and not ax.texts  # no labels to overlap
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(table.index)
+
+
+def test_interpolation_plot_draws_retriever_model_and_final_per_document():
+    model, retriever = {"a": 10.0, "b": 0.0}, {"a": 1.0, "b": 3.0}
+    fig = plots.interpolation(model, retriever, 0.4, {"a"}, "q")
+    lines = [line for line in fig.axes[0].lines if len(line.get_ydata())]
+    assert [list(line.get_ydata()) for line in lines] == [[0.0, 1.0, 0.6], [1.0, 0.0, 0.4]]
+    assert lines[0].get_color() == "tab:orange"  # the relevant document stands out
 
 
 def test_returned_figures_render_as_png_in_a_notebook():
