@@ -126,7 +126,7 @@ def trained_models(preset) -> dict:
         if (path / "adapter_config.json").is_file():
             found[label] = llm.load(preset, adapter=path)[0]
         else:
-            print(f"{label}: no adapter at {path} (run notebook 02/03 first)")
+            print(f"{label}: not trained with this preset (no adapter at {path}), so it is left out of the tables")
     return found
 
 
