@@ -288,7 +288,8 @@ def check_run(preset, run_dir: Path) -> dict:
     _require(set(results) >= {"00_quickstart", "01_data_synthesis", "02_sft_lora", "03_grpo", "04_evaluation"},
              f"every notebook saved its results, got {sorted(results)}")
     shown = _cell_text(run_dir / "00_quickstart.ipynb", "P = notebook.start")
-    _require("quantize_4bit=True" in shown and "reasoning=True" in shown, "the notebooks ran the 4-bit reasoning preset")
+    _require(all(re.search(rf"^{field}\s+True$", shown, re.M) for field in ("quantize_4bit", "reasoning")),
+             "the notebooks ran the 4-bit reasoning preset")  # 00 shows the preset as a field/value table
     sft, rl = (load_from_disk(str(dataset_dir(preset, kind))) for kind in ("sft", "rl"))
     sizes = sorted({len(ids) for ids in sft["doc_ids"]})
     low, high = preset.synth_group_sizes

@@ -156,15 +156,14 @@ def quality_vs_speed(table, queries: int | None = None) -> Figure:
     return fig
 
 
-def interpolation(model_scores: dict[str, float], retriever_scores: dict[str, float], weight: float,
-                  relevant: set[str], title: str) -> Figure:
+def interpolation(model_scores: dict[str, float], retriever_scores: dict[str, float], final_scores: dict[str, float],
+                  weight: float, relevant: set[str], title: str) -> Figure:
     """How the final score is made, one line per candidate: the retriever's score min-max
-    normalised, the model's score / 10, and final = (1-w)·model/10 + w·retriever. Relevant
-    documents (human gain > 0) in colour, the rest in grey."""
-    from .groups import interpolate
+    normalised, the model's score / 10, and the final score (groups.interpolate with `weight`).
+    Relevant documents (human gain > 0) in colour, the rest in grey."""
     from .runs import minmax
 
-    norm, final = minmax(retriever_scores), interpolate(model_scores, retriever_scores, weight)
+    norm, final = minmax(retriever_scores), final_scores
     fig = Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.add_subplot()
     for doc in model_scores:

@@ -33,7 +33,7 @@ def test_quality_vs_speed_names_paradigms_in_a_legend():
 
 def test_interpolation_plot_draws_retriever_model_and_final_per_document():
     model, retriever = {"a": 10.0, "b": 0.0}, {"a": 1.0, "b": 3.0}
-    fig = plots.interpolation(model, retriever, 0.4, {"a"}, "q")
+    fig = plots.interpolation(model, retriever, {"a": 0.6, "b": 0.4}, 0.4, {"a"}, "q")
     lines = [line for line in fig.axes[0].lines if len(line.get_ydata())]
     assert [list(line.get_ydata()) for line in lines] == [[0.0, 1.0, 0.6], [1.0, 0.0, 0.4]]
     assert lines[0].get_color() == "tab:orange"  # the relevant document stands out
