@@ -93,6 +93,26 @@ def sweep(model, tokenizer, preset, collection, run: Run, qids: list[str], field
     return pd.DataFrame(rows).T.rename_axis(field)
 
 
+def trend(values: list[float], flat: float = 0.005) -> str:
+    """How a sequence of scores moves, in words: "stays flat" (all within `flat`), "rises",
+    "falls", or "moves up and down" (no single direction)."""
+    if max(values) - min(values) <= flat:
+        return "stays flat"
+    steps = [b - a for a, b in zip(values, values[1:])]
+    return "rises" if min(steps) >= 0 else "falls" if max(steps) <= 0 else "moves up and down"
+
+
+def sweep_sentence(table: pd.DataFrame, label: str, queries: int) -> str:
+    """One sentence on a `sweep` table, from its own numbers: the nDCG@10 trend, each value, and the
+    largest move one query can cause on its own (1/queries, since nDCG@10 lies in [0, 1])."""
+    scores = table["nDCG@10"]
+    values = ", ".join(f"{v:g}: {s:.3f}" for v, s in scores.items())
+    return (f"nDCG@10 {trend(list(scores))} with the {label} ({values}) on {queries} queries, "
+            f"where one query alone can move the mean by up to {1 / queries:.3f}; "
+            f"seconds per query {scores.index[0]:g} -> {scores.index[-1]:g}: "
+            f"{table['seconds/query'].iloc[0]:.2f} -> {table['seconds/query'].iloc[-1]:.2f}.")
+
+
 def score_calibration(reranked: RerankedRun, collection):
     """Each (query, document) a groupwise reranker scored: its mean 0-10 score, the spread of that
     score across passes, and the human gain. Comparable groups give one score scale per gain."""

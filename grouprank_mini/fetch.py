@@ -58,11 +58,16 @@ _UNREADABLE = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error)  # a 
 
 # --- the manifest ----------------------------------------------------------------------------------
 
+def catalog_file(name: str) -> Path:
+    """A file of data/ in a clone (manifest.json, reference_cpu.json); a wheel carries the same files
+    as grouprank_mini/catalog/ (pyproject's package-dir), since an installed package has no data/ beside it."""
+    in_clone = PROJECT_ROOT / "data" / name
+    return in_clone if in_clone.is_file() else Path(__file__).with_name("catalog") / name
+
+
 def manifest_path() -> Path:
-    """data/manifest.json of a clone; a wheel carries the same file as grouprank_mini/catalog/
-    (pyproject's package-dir), since an installed package has no data/ beside it."""
-    in_clone = PROJECT_ROOT / "data" / "manifest.json"
-    return in_clone if in_clone.is_file() else Path(__file__).with_name("catalog") / "manifest.json"
+    """data/manifest.json: where each collection comes from and how a fetch is checked."""
+    return catalog_file("manifest.json")
 
 
 @cache

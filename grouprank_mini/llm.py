@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .config import EMBEDDED_MODEL
-from .runtime import atomic_path, cache_dir
+from .runtime import atomic_path, bars_hidden, cache_dir
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -291,7 +291,7 @@ class LLM:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         size = self.preset.batch_size
         chunks = [order[i:i + size] for i in range(0, len(order), size)]
-        return tqdm(chunks, desc=desc, disable=not self.progress or len(chunks) < 2, leave=False)
+        return tqdm(chunks, desc=desc, disable=not self.progress or len(chunks) < 2 or bars_hidden(), leave=False)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,10 @@ def run_notebooks(preset: str, run_dir: Path, only: list[str] | None = None, ove
 
     get_preset(preset, **(overrides or {}))  # an unknown preset or field fails here, before any notebook runs
     run_dir.mkdir(parents=True, exist_ok=True)
+    # The kernels inherit these: progress bars only help someone watching, and an executed copy
+    # would keep each one as a widget frozen at "0%" (the tqdm default, and datasets' own switch).
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     for notebook in sorted(NOTEBOOKS.glob("[0-9]*.ipynb")):
         if only and not any(notebook.name.startswith(prefix) for prefix in only):
             continue

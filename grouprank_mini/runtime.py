@@ -128,6 +128,12 @@ def configure_environment() -> None:
         os.environ.setdefault(key, str(value))
 
 
+def bars_hidden() -> bool:
+    """True when $TQDM_DISABLE=1: `make demo` sets it, so that its executed notebooks carry no
+    progress widgets frozen at "0%" (a bar only helps someone watching)."""
+    return os.environ.get("TQDM_DISABLE") == "1"
+
+
 def setup(preset) -> None:
     """Fix torch's thread count and every seed from the preset (call once per process/notebook).
     $GROUPRANK_THREADS, when set, wins over the preset's `threads` (e.g. on a machine shared with other jobs)."""

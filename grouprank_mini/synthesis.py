@@ -38,7 +38,7 @@ from .data import Collection, load_collection, preset_split
 from .evaluate import evaluate
 from .retrieval import BM25, Dense, hybrid
 from .runs import Run, from_orders, ranked_ids
-from .runtime import atomic_path, dataset_root
+from .runtime import atomic_path, bars_hidden, dataset_root
 from .teachers import CachedBackend, CachedTeacher, HumanTeacher, make_teacher, model_id_of, teacher_backend, teacher_model_name
 
 # Preset fields that change the synthesised data: a finished dataset is reused only if they match.
@@ -117,7 +117,7 @@ def teacher_rankings(teacher, pools: dict[str, list[str]], collection: Collectio
                      progress: bool = True) -> dict[str, list[str]]:
     """Each pool ordered best first by `teacher` (one cached call per query)."""
     return {qid: teacher.rank(collection.queries[qid], pool, [collection.docs[d] for d in pool])
-            for qid, pool in tqdm(pools.items(), desc=teacher.name, disable=not progress, leave=False)}
+            for qid, pool in tqdm(pools.items(), desc=teacher.name, disable=not progress or bars_hidden(), leave=False)}
 
 
 # --- 3. fusion --------------------------------------------------------------------------------------

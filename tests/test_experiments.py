@@ -220,3 +220,18 @@ def test_dev_weighted_run_chooses_w_on_dev_and_scores_every_test_query(curve_wor
                                                            ["q2", "q3"])
     assert weight in by_weight and by_weight[weight] == max(by_weight.values())
     assert set(final) == {"q2", "q3"} and all(set(final[q]) >= set(list(DOCS)[:preset.rerank_depth]) for q in final)
+
+
+def test_trend_names_the_direction_and_says_when_there_is_none():
+    assert experiments.trend([0.30, 0.31, 0.35]) == "rises"
+    assert experiments.trend([0.35, 0.35, 0.30]) == "falls"
+    assert experiments.trend([0.30, 0.40, 0.35]) == "moves up and down"
+    assert experiments.trend([0.300, 0.303, 0.301]) == "stays flat"
+
+
+def test_sweep_sentence_is_printed_from_the_table():
+    table = pd.DataFrame({"nDCG@10": [0.5, 0.4, 0.45], "seconds/query": [3.0, 1.5, 1.0]},
+                         index=pd.Index([1, 5, 10], name="group_size"))
+    sentence = experiments.sweep_sentence(table, "group size", 4)
+    assert sentence.startswith("nDCG@10 moves up and down with the group size (1: 0.500, 5: 0.400, 10: 0.450) on 4 queries")
+    assert "up to 0.250" in sentence and "3.00 -> 1.00" in sentence
