@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from peft import PeftModel, prepare_model_for_kbit_training
-from transformers import SchedulerType, TrainerCallback
+from transformers import PrinterCallback, SchedulerType, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import (ADAPTER_CONFIG_NAME, ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME,
@@ -90,6 +90,7 @@ def _device_args(preset, output_dir: Path) -> dict:
         activation_checkpointing=checkpointing(preset),
         dataloader_num_workers=0,  # worker processes cost more than they save on 1-2 cores
         report_to="none",
+        disable_tqdm=runtime.bars_hidden(),  # `make demo`'s executed notebooks: no frozen progress widget
         seed=preset.seed,
         logging_steps=1,  # every step lands in trainer_state.json for the plots
         save_strategy="steps",
@@ -268,11 +269,19 @@ def sft_config(preset, output_dir: Path, with_eval: bool = False) -> SFTConfig:
     )
 
 
+def _quiet(trainer):
+    """Without progress bars (`runtime.bars_hidden`) a Trainer prints every log dict instead
+    (PrinterCallback); the notebooks plot those logs, so the printout goes too."""
+    if trainer.args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def sft_trainer(preset, train_ds, eval_ds=None, output_dir=None, model=None, tokenizer=None,
                 callbacks=None) -> SFTTrainer:
     """A ready SFTTrainer (LoRA from the preset); `train_sft` runs it. Handy to inspect batches."""
     output_dir = Path(output_dir or adapter_dir(preset, "sft"))
-    return SFTTrainer(
+    return _quiet(SFTTrainer(
         model=_base_model(preset, model),
         args=sft_config(preset, output_dir, with_eval=eval_ds is not None),
         train_dataset=train_ds,
@@ -280,7 +289,7 @@ def sft_trainer(preset, train_ds, eval_ds=None, output_dir=None, model=None, tok
         processing_class=_tokenizer(preset, tokenizer),
         peft_config=lora_config(preset),
         callbacks=_with_snapshots(preset, callbacks),
-    )
+    ))
 
 
 def train_sft(preset, train_ds, eval_ds=None, output_dir=None, resume=True, model=None, tokenizer=None,
@@ -374,7 +383,7 @@ def grpo_trainer(preset, rl_ds, sft_adapter=None, output_dir=None, model=None, t
         reward_funcs = [make_reward_func(preset)]
     output_dir = Path(output_dir or grpo_dir(preset))
     policy, peft_config = _grpo_model(preset, sft_adapter, model)
-    return SpreadLoggingGRPOTrainer(
+    return _quiet(SpreadLoggingGRPOTrainer(
         model=policy,
         reward_funcs=reward_funcs,
         args=grpo_config(preset, output_dir),
@@ -382,7 +391,7 @@ def grpo_trainer(preset, rl_ds, sft_adapter=None, output_dir=None, model=None, t
         processing_class=_tokenizer(preset, tokenizer),
         peft_config=peft_config,
         callbacks=_with_snapshots(preset, callbacks),
-    )
+    ))
 
 
 def train_grpo(preset, rl_ds, sft_adapter=None, output_dir=None, resume=True, model=None, tokenizer=None,
@@ -561,10 +570,11 @@ def load_records(path, preset, eval_fraction: float = 0.1):
 
 
 def supervised_tokens(trainer, index: int = 0) -> dict:
-    """How many prompt tokens of a training row are masked, and the text of the trained tokens."""
+    """How many prompt tokens of a training row are masked, how many carry a label, and their text."""
     row = trainer.train_dataset[index]
     trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
-    return {"prompt_tokens": len(row["input_ids"]) - len(trained), "trained": trainer.processing_class.decode(trained)}
+    return {"prompt_tokens": len(row["input_ids"]) - len(trained), "trained_tokens": len(trained),
+            "trained": trainer.processing_class.decode(trained)}
 
 
 def run_ablations(preset, rl_ds, sft_adapter) -> dict[str, Path]:

@@ -85,6 +85,22 @@ def test_sft_loss_covers_only_the_answer(tokenizer, tmp_path):
     assert answer.startswith(prompts.answer_text(TARGETS[0])) and "<|im_end|>" in answer  # learns to stop
 
 
+def test_hidden_bars_leave_a_trainer_without_progress_bar_or_log_printout(tokenizer, tmp_path, monkeypatch):
+    from transformers import PrinterCallback, ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    def callbacks(trainer):
+        return {type(c) for c in trainer.callback_handler.callbacks}
+
+    shown = train.sft_trainer(PRESET, sft_rows(2), output_dir=tmp_path,
+                              model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
+    assert callbacks(shown) & {ProgressCallback, NotebookProgressCallback}
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # what `make demo` sets for its notebooks
+    hidden = train.sft_trainer(PRESET, sft_rows(2), output_dir=tmp_path,
+                               model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
+    assert not callbacks(hidden) & {ProgressCallback, NotebookProgressCallback, PrinterCallback}
+
+
 def test_sft_trains_evaluates_checkpoints_and_saves_a_plain_peft_adapter(sft_run, tokenizer):
     log = train.history(sft_run)
     assert log["loss"].dropna().index.tolist() == [1, 2, 3, 4, 5]
