@@ -37,7 +37,7 @@ def _step_axis(ax) -> None:
 
 def _curves(history, columns: dict[str, str], title: str, ylabel: str) -> Figure:
     """One line per present column ({column: label}), against the training step."""
-    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    fig = Figure(figsize=(7.5, 3.5), layout="constrained")  # wide enough for the legend beside the axes
     ax = fig.add_subplot()
     for column, label in columns.items():
         if column in history:
@@ -46,8 +46,13 @@ def _curves(history, columns: dict[str, str], title: str, ylabel: str) -> Figure
     ax.set(title=title, ylabel=ylabel)
     _step_axis(ax)
     if ax.lines:
-        ax.legend()
+        _legend_outside(ax)
     return fig
+
+
+def _legend_outside(ax) -> None:
+    """The legend to the right of the axes, where no line can run under it."""
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
 
 
 def plot_loss(history) -> Figure:
@@ -82,7 +87,7 @@ def plot_rewards(history, columns: dict[str, str] | None = None) -> Figure:
         ax = fig.axes[0]
         ax.plot(smooth.index, smooth.values, color="black", linewidth=2,
                 label=f"total, rolling mean of {window} steps")
-        ax.legend()
+        _legend_outside(ax)
     return fig
 
 
@@ -194,12 +199,14 @@ def synthesis_histograms(group_sizes: list[int], target_scores: list[int]) -> Fi
 
 
 def teacher_validation_bars(table, column: str = "nDCG@10") -> Figure:
-    """One bar per ranking of the pools (retriever, each teacher, fused): does fusion help?"""
+    """One bar per ranking of the pools (retriever, each teacher, fused): does fusion help? The
+    table's query count (`synthesis.validation_table`'s "queries" column) goes into the title."""
     fig = Figure(figsize=(6, 3), layout="constrained")
     ax = fig.add_subplot()
     bars = ax.barh(list(table.index)[::-1], list(table[column])[::-1], color="tab:blue")
     ax.bar_label(bars, fmt="%.3f", padding=3)
-    ax.set(title="Teachers as rerankers of the pools", xlabel=column, xlim=(0, 1.05))
+    queries = f" ({int(table['queries'].max())} queries)" if "queries" in table else ""
+    ax.set(title=f"Teachers as rerankers of the pools{queries}", xlabel=column, xlim=(0, 1.05))
     return fig
 
 
@@ -218,13 +225,15 @@ def sweep_plot(table, field: str, title: str) -> Figure:
     return fig
 
 
-def calibration_plot(table) -> Figure:
-    """Model score per human gain level (experiments.score_calibration): rising boxes = comparable scores."""
+def calibration_plot(table, queries: int | None = None) -> Figure:
+    """Model score per human gain level (experiments.score_calibration): rising boxes = comparable
+    scores; `queries`, when given, goes into the title."""
     fig = Figure(figsize=(5.5, 3.2), layout="constrained")
     ax = fig.add_subplot()
     gains = sorted(table["gain"].unique())
     ax.boxplot([table.loc[table["gain"] == g, "score"] for g in gains], tick_labels=[str(g) for g in gains])
-    ax.set(title="Are scores from different groups comparable?", xlabel="human gain (0 = not relevant)",
+    title = "Are scores from different groups comparable?" + (f" ({queries} queries)" if queries else "")
+    ax.set(title=title, xlabel="human gain (0 = not relevant)",
            ylabel="model score (0-10)")
     return fig
 

@@ -93,3 +93,18 @@ def test_plot_reward_spread_draws_both_axes_with_one_legend_and_whole_steps():
 def test_plot_reward_spread_of_a_history_without_spread_metrics_is_empty_not_an_error():
     fig = plots.plot_reward_spread(pd.DataFrame({"reward": [0.1]}, index=pd.Index([1], name="step")))
     assert not fig.axes[0].lines and fig.axes[0].get_legend() is None
+
+
+def test_calibration_plot_has_a_box_per_gain_and_the_query_count_in_its_title():
+    table = pd.DataFrame({"gain": [0, 0, 1, 2], "score": [3.0, 4.0, 5.0, 7.0], "spread": [0.0] * 4})
+    ax = plots.calibration_plot(table, queries=8).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
+    assert ax.get_title().endswith("(8 queries)")
+    assert "queries" not in plots.calibration_plot(table).axes[0].get_title()
+
+
+def test_teacher_validation_bars_label_each_ranking_and_count_the_queries():
+    table = pd.DataFrame({"nDCG@10": [0.38, 0.4], "queries": [12, 12]}, index=["hybrid retriever", "fused"])
+    ax = plots.teacher_validation_bars(table).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["fused", "hybrid retriever"]  # first row on top
+    assert ax.get_title() == "Teachers as rerankers of the pools (12 queries)"
