@@ -28,10 +28,6 @@ def run_notebooks(preset: str, run_dir: Path, only: list[str] | None = None, ove
 
     get_preset(preset, **(overrides or {}))  # an unknown preset or field fails here, before any notebook runs
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The kernels inherit these: progress bars only help someone watching, and an executed copy
-    # would keep each one as a widget frozen at "0%" (the tqdm default, and datasets' own switch).
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     for notebook in sorted(NOTEBOOKS.glob("[0-9]*.ipynb")):
         if only and not any(notebook.name.startswith(prefix) for prefix in only):
             continue
@@ -84,6 +80,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     run_dir = args.run_dir or PROJECT_ROOT / "runs" / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_dir.resolve()  # notebooks run inside notebooks/, so a relative path would move
+    # The kernels inherit these: progress bars only help someone watching, and an executed copy
+    # would keep each one as a widget frozen at "0%" (the tqdm default, and datasets' own switch).
+    # Set here, in the command, so that a caller of run_notebooks keeps its own environment.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     started = time.perf_counter()
     run_notebooks(args.preset, run_dir, args.only, dict(args.set))
     print(f"\nAll notebooks ran in {(time.perf_counter() - started) / 60:.1f} min. Results ({run_dir}):")

@@ -142,14 +142,15 @@ ONE_MB = 1_000_000
                         "9", " ", "\x00", "<reason></reason", "</answer>", '{"[1]": 1e400, ', "[1] > "]),
        st.sampled_from(["", answer_text([3, 9]), "<reason>"]), st.booleans())
 def test_a_megabyte_of_repetition_parses_in_bounded_time(unit, answer, answer_first):
-    # A regression guard against backtracking, not a speed target: each case takes ~0.1 s.
+    # A regression guard against backtracking, not a speed target: each case takes ~0.1 s, and a
+    # loaded CI machine has taken 2.3 s once; backtracking over a megabyte would take minutes.
     loop = unit * (ONE_MB // len(unit))
     text = answer + loop if answer_first else loop + answer
     start = time.perf_counter()
     parsed = parse_group_scores(text, 2, require_reason=True)
     parse_permutation(text, 2)
     result = score_completion(text, [3, 9], require_reason=True)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10.0
     assert len(parsed.scores) == 2 and math.isfinite(result.total)
 
 

@@ -92,6 +92,7 @@ def test_hidden_bars_leave_a_trainer_without_progress_bar_or_log_printout(tokeni
     def callbacks(trainer):
         return {type(c) for c in trainer.callback_handler.callbacks}
 
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     shown = train.sft_trainer(PRESET, sft_rows(2), output_dir=tmp_path,
                               model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
     assert callbacks(shown) & {ProgressCallback, NotebookProgressCallback}
