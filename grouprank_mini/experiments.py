@@ -207,10 +207,16 @@ def bootstrap_verdict(result: dict) -> str:
     return "within noise (the interval contains 0)"
 
 
+def _signed(value: float) -> str:
+    """+0.123, or four decimals where three would print a non-zero bound as ±0.000 next to a
+    verdict that depends on its sign."""
+    return f"{value:+.4f}" if value and round(value, 3) == 0 else f"{value:+.3f}"
+
+
 def bootstrap_sentence(result, system: str, baseline: str, level: float = 0.95) -> str:
     """One sentence built from a `paired_bootstrap` result, so a notebook states only what was measured."""
     return (f"{system} vs {baseline}: {result['mean difference']:+.3f} nDCG@10, {level:.0%} interval "
-            f"[{result['low']:+.3f}, {result['high']:+.3f}], {result['wins']} wins / {result['losses']} losses "
+            f"[{_signed(result['low'])}, {_signed(result['high'])}], {result['wins']} wins / {result['losses']} losses "
             f"over {result['queries']} queries: {bootstrap_verdict(result)}.")
 
 

@@ -50,12 +50,15 @@ def summary(run_dir: Path) -> str:
     path = run_dir / "results.json"
     if not path.exists():
         return "(no results.json written)"
-    rows = []
-    for section, values in json.loads(path.read_text()).items():
-        for name, value in values.items():
-            if isinstance(value, (int, float)):
-                rows.append(f"  {section:<18} {name:<34} {value:>10.4f}")
-    return "\n".join(rows)
+    rows = [(section, name, value) for section, values in json.loads(path.read_text()).items()
+            for name, value in values.items() if isinstance(value, (int, float))]
+    width = max((len(name) for _, name, _ in rows), default=0)
+    return "\n".join(f"  {section:<18} {name:<{width}} {_number(value):>8}" for section, name, value in rows)
+
+
+def _number(value: float) -> str:
+    """Counts (queries, rows, steps) as whole numbers, everything else with 4 decimals."""
+    return f"{value:g}" if float(value).is_integer() else f"{value:.4f}"
 
 
 def field_value(text: str) -> tuple[str, object]:

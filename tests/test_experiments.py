@@ -180,6 +180,13 @@ def test_bootstrap_sentence_carries_the_numbers():
     assert "2 wins / 0 losses over 2 queries: a gain beyond noise." in sentence
 
 
+
+def test_bootstrap_sentence_shows_a_bound_that_three_decimals_would_round_to_zero():
+    result = {"mean difference": -0.009, "low": -0.018, "high": -0.0002, "wins": 1, "losses": 3, "queries": 8}
+    sentence = experiments.bootstrap_sentence(result, "SFT", "BM25")
+    assert "[-0.018, -0.0002]" in sentence and sentence.endswith("a loss beyond noise.")
+    assert "[+0.000, +0.300]" in experiments.bootstrap_sentence({**result, "low": 0.0, "high": 0.3}, "a", "b")
+
 # --- one query before and after training ----------------------------------------------------------
 
 def test_example_query_needs_a_relevant_candidate_and_takes_the_largest_change():

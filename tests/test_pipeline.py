@@ -19,3 +19,12 @@ def test_an_unknown_field_fails_before_any_notebook_runs(tmp_path):
     with pytest.raises(KeyError, match="grup_size"):
         pipeline.run_notebooks("smoke", tmp_path / "run", overrides={"grup_size": 5})
     assert not (tmp_path / "run").exists()
+
+
+def test_summary_aligns_the_values_and_prints_counts_whole(tmp_path):
+    (tmp_path / "results.json").write_text(
+        '{"01": {"train queries": 12.0, "human judgments (NOT answer-free) nDCG@10": 0.51574}, "02": {"note": "text"}}')
+    lines = pipeline.summary(tmp_path).splitlines()
+    assert len(lines) == 2, "text values are left out"
+    assert lines[0].endswith(" 12") and lines[1].endswith(" 0.5157")
+    assert len({len(line) for line in lines}) == 1, "one column for the values"
