@@ -70,6 +70,10 @@ class Preset:
     sft_batch_size: int = 2
     sft_grad_accum: int = 1
     sft_max_length: int = 1024
+    # Which SFT snapshot GRPO starts from and notebook 04 evaluates: "best-dev" the one whose own
+    # judgement is best on the dev queries (notebook 02 scores every snapshot there), "last" the end
+    # of training. On the cpu preset the dev curve peaked early (step 36 of 108) and fell after.
+    sft_keep: str = "best-dev"
     # --- GRPO --------------------------------------------------------------------------
     grpo_max_steps: int = 10
     grpo_lr: float = 1e-5
@@ -89,6 +93,7 @@ class Preset:
     grpo_warmup_ratio: float = 0.0  # share of the steps warming the LR up from 0 (TrainingArguments' warmup_steps < 1)
     reward_utility: bool = True
     reward_alignment: bool = True
+    grpo_ablations: bool = True  # notebook 03 trains GRPO once more per reward term off (ABLATIONS): time x3
     reward_normalized_gain: bool = False  # REARANK's (NDCG-NDCG_init)/(NDCG_best-NDCG_init)
     # --- bookkeeping ---------------------------------------------------------------------
     save_steps: int = 5
@@ -102,7 +107,7 @@ PRESETS: dict[str, Preset] = {
         max_new_tokens=64, synth_queries=12, pool_top_k=5, pool_random_m=5, pool_rank_max=50,
         synth_group_sizes=(3, 5), sft_max_steps=6, sft_max_length=512, grpo_max_steps=2,
         grpo_num_generations=2, grpo_batch_size=2, grpo_max_completion_length=48, save_steps=1,
-        grpo_temperature=0.7,
+        grpo_temperature=0.7, grpo_ablations=False,
     ),
     # A real run on a laptop CPU with the embedded model and Cranfield (target <= 2 h).
     "cpu": Preset(
@@ -120,6 +125,9 @@ PRESETS: dict[str, Preset] = {
         # 20 steps of one prompt each, where the paper runs hundreds of 64-completion batches: at the
         # paper's LR 1e-5 the adapter would move ~1/100 of what SFT moved it. 5e-5 lets 20 steps show.
         grpo_lr=5e-5,
+        # Each ablation is one more GRPO run (+2 x ~28 min): over the 2 h budget, and with GRPO's own
+        # gain not above noise on this budget (README), an ablation of it would measure noise too.
+        grpo_ablations=False,
     ),
     # One 24 GB GPU (L4, RTX 3090/4090, A10): 4-bit Qwen2.5-3B learning from a 4-bit Qwen2.5-7B
     # teacher on BRIGHT biology. Sizes chosen with `python -m grouprank_mini.plan --preset gpu --gpu 24`

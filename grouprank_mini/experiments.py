@@ -8,7 +8,6 @@ the same queries), so differences come from the systems alone.
 """
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -134,8 +133,11 @@ def predicted_scores(model, tokenizer, preset, records) -> list[float]:
 # --- every trained model of a preset ---------------------------------------------------------------
 
 def adapter_folders(preset) -> dict:
-    """Where each training stage of `preset` saves its adapter, by the name tables use."""
-    return {"SFT": adapter_dir(preset, "sft"), "SFT+GRPO": grpo_dir(preset),
+    """Where each training stage of `preset` saves its adapter, by the name tables use; "SFT" is
+    the snapshot kept in notebook 02 (`train.kept_adapter`), which GRPO started from."""
+    from .train import kept_adapter  # imported here: train loads TRL, which nothing else here needs
+
+    return {"SFT": kept_adapter(adapter_dir(preset, "sft")), "SFT+GRPO": grpo_dir(preset),
             **{f"GRPO {name.replace('_', ' ')}": grpo_dir(preset, name) for name in ABLATIONS}}
 
 
@@ -208,16 +210,24 @@ def bootstrap_verdict(result: dict) -> str:
 
 
 def _signed(value: float) -> str:
-    """+0.123, or four decimals where three would print a non-zero bound as ±0.000 next to a
-    verdict that depends on its sign."""
-    return f"{value:+.4f}" if value and round(value, 3) == 0 else f"{value:+.3f}"
+    """+0.123; a non-zero bound that three decimals would print as ±0.000, next to a verdict that
+    depends on its sign, keeps its first significant digit instead (-0.0002, or -3e-06)."""
+    if not value or round(value, 3) != 0:
+        return f"{value:+.3f}"
+    return f"{value:+.4f}" if round(value, 4) != 0 else f"{value:+.0e}"
 
 
 def bootstrap_sentence(result, system: str, baseline: str, level: float = 0.95) -> str:
     """One sentence built from a `paired_bootstrap` result, so a notebook states only what was measured."""
     return (f"{system} vs {baseline}: {result['mean difference']:+.3f} nDCG@10, {level:.0%} interval "
-            f"[{_signed(result['low'])}, {_signed(result['high'])}], {result['wins']} wins / {result['losses']} losses "
-            f"over {result['queries']} queries: {bootstrap_verdict(result)}.")
+            f"[{_signed(result['low'])}, {_signed(result['high'])}], {_count(result['wins'], 'win')} / "
+            f"{_count(result['losses'], 'loss')} over {_count(result['queries'], 'query')}: {bootstrap_verdict(result)}.")
+
+
+def _count(n: int, noun: str) -> str:
+    """3 wins, 1 win, 1 loss, 2 queries: a sentence a projector shows should read right."""
+    plural = {"loss": "losses", "query": "queries"}.get(noun, noun + "s")
+    return f"{n} {noun if n == 1 else plural}"
 
 
 # --- the model's own judgement, and how training moves it -------------------------------------------
@@ -261,24 +271,11 @@ def adapter_on(base, adapter):
         tuned.unload()
 
 
-def final_step(output_dir) -> int:
-    """The step at which a finished training run saved its adapter (Trainer's trainer_state.json)."""
-    from .train import STATE_FILE  # imported here: train loads TRL, which nothing else here needs
-
-    state = Path(output_dir) / STATE_FILE
-    if not state.is_file():
-        raise FileNotFoundError(f"{state} is missing: no way to tell at which step {output_dir} was saved")
-    step = json.loads(state.read_text()).get("global_step")
-    if step is None:
-        raise ValueError(f"{state} has no 'global_step' field")
-    return int(step)
-
-
 def stage_points(start, output_dir) -> list[tuple[int, Path | None]]:
     """The (step, adapter) points of one training stage: step 0 is `start` (an adapter folder, or
     None for the base model), then the stage's adapter snapshots. A run from before snapshots were
     saved gives only its final adapter (said in one printed line)."""
-    from .train import snapshots
+    from .train import final_step, snapshots
 
     output_dir = Path(output_dir)
     if start is not None and not (Path(start) / "adapter_config.json").is_file():
@@ -295,11 +292,12 @@ def stage_points(start, output_dir) -> list[tuple[int, Path | None]]:
 
 def curve_stages(preset) -> dict:
     """The trained stages of `preset` as `learning_curve` takes them: SFT from the base model, then
-    GRPO from the SFT adapter. A stage with nothing trained yet is left out, in one printed line."""
+    GRPO from the SFT snapshot kept (`keep_on_dev`). A stage with nothing trained yet is left out,
+    in one printed line."""
     from .train import snapshots
 
     folders = adapter_folders(preset)
-    stages = {"SFT": (None, folders["SFT"]), "GRPO": (folders["SFT"], folders["SFT+GRPO"])}
+    stages = {"SFT": (None, adapter_dir(preset, "sft")), "GRPO": (folders["SFT"], folders["SFT+GRPO"])}
     trained = {}
     for label, (start, output_dir) in stages.items():
         if snapshots(output_dir) or (output_dir / "adapter_config.json").is_file():
@@ -312,6 +310,8 @@ def curve_stages(preset) -> dict:
 def _same_as_last_snapshot(output_dir: Path, points) -> bool:
     """Whether a stage's final adapter is its last snapshot (train snapshots the last step), so a
     later stage that starts from it can reuse that point's scores instead of computing them again."""
+    from .train import final_step
+
     try:
         return final_step(output_dir) == points[-1][0]
     except FileNotFoundError:  # an unfinished run: its folder holds no final adapter to reuse
@@ -349,6 +349,27 @@ def learning_curve(preset, stages: dict, collection, run: Run, qids) -> pd.DataF
         if _same_as_last_snapshot(Path(output_dir), points):
             scored[_point_key(output_dir)] = scored[rows[-1]["adapter"]]
     return pd.DataFrame(rows)
+
+
+KEEP_CHOICES = ("best-dev", "last")
+
+
+def keep_on_dev(preset, curve: pd.DataFrame, output_dir) -> tuple[int, Path]:
+    """Choose the SFT model to keep from `curve` (`learning_curve` of that one stage on *dev*
+    queries) and record it (`train.keep_snapshot`): with `preset.sft_keep` "best-dev" the snapshot
+    with the highest own judgement (the later one on a tie), with "last" the end of training.
+    Never choose on test queries: that would flatter every number measured on them afterwards."""
+    from .train import keep_snapshot
+
+    if preset.sft_keep not in KEEP_CHOICES:
+        raise ValueError(f"Preset.sft_keep is {preset.sft_keep!r}; choose one of {KEEP_CHOICES}")
+    trained = curve[curve["step"] > 0]
+    if trained.empty:
+        raise ValueError("the curve has no trained snapshot (only step 0) to keep")
+    # idxmax takes the first of equal maxima, so searching the reversed column takes the later step
+    best = trained.iloc[-1] if preset.sft_keep == "last" else trained.loc[trained["nDCG@10"][::-1].idxmax()]
+    why = f"{preset.sft_keep}: own judgement {best['nDCG@10']:.4f} on {best['queries']} dev queries"
+    return int(best["step"]), keep_snapshot(output_dir, int(best["step"]), why)
 
 
 def curve_summary(curve: pd.DataFrame, samples: int = 10_000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:

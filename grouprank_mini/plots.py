@@ -287,16 +287,20 @@ def score_histograms(scores: dict[str, list[float]]) -> Figure:
 
 def learning_curve(curve, first_stage: float | None = None, first_stage_label: str = "first stage") -> Figure:
     """nDCG@10 against training step, one line per stage with a marker at each evaluated point.
-    Stages are laid end to end: a stage's step 0 sits on the previous stage's last step, so GRPO's
-    steps follow SFT's. `first_stage`: the retriever's own score, drawn as a dashed line."""
+    Stages are laid end to end: a stage's step 0 sits on the point of the model it starts from
+    (same "adapter", e.g. the SFT snapshot kept on dev queries), else on the previous stage's last
+    step, so GRPO's steps follow SFT's. `first_stage`: the retriever's own score, dashed."""
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6.5, 3.5), layout="constrained")
     ax = fig.add_subplot()
-    offset = 0
+    end, at = 0, {}  # at: a point's model (its "adapter") -> where it was drawn
     for stage, points in curve.groupby("stage", sort=False):
-        ax.plot(points["step"] + offset, points["nDCG@10"], marker="o", label=stage)
-        offset += int(points["step"].max())
+        models = list(points["adapter"]) if "adapter" in points else []
+        x = points["step"] + (at.get(models[0], end) if models else end)
+        ax.plot(x, points["nDCG@10"], marker="o", label=stage)
+        at.update(zip(models, x))
+        end = max(end, int(x.max()))
     if first_stage is not None:
         ax.axhline(first_stage, color="gray", linestyle="--", label=first_stage_label)
     queries = sorted(set(curve["queries"]))

@@ -30,6 +30,9 @@ Choices made here, and why:
 - **Adapter snapshots for learning curves.** Pruned checkpoints keep too few points for a curve,
   so both trainers also save the adapter alone (a few MB) at `preset.curve_points` evenly spaced
   steps into `<output_dir>/snapshots/step-<N>/` (`snapshots` lists them).
+- **The SFT model kept is a choice, recorded.** Notebook 02 scores the snapshots on dev queries
+  and writes the one it keeps into `<output_dir>/chosen.json` (`keep_snapshot`); GRPO starts from
+  it and notebook 04 evaluates it (`kept_adapter`). A run trained again drops the old choice.
 - **The within-group reward spread is logged.** GRPO learns only from reward differences among
   the completions of one prompt; TRL's `reward_std` is the std over the whole batch, so
   `SpreadLoggingGRPOTrainer` adds the mean std within groups and the share of groups without any spread.
@@ -67,6 +70,7 @@ WEIGHT_FILES = (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, SAFE_WEIGHTS_NA
 SFT_EVALS = 5  # eval-loss points per SFT run: a curve, at a cost that does not grow with the run
 EVAL_SPLITS = ("dev", "validation", "eval")  # the first one present is the SFT eval set
 SNAPSHOTS = "snapshots"  # <output_dir>/snapshots/step-<N>/: the adapters behind learning curves
+KEPT_FILE = "chosen.json"  # <output_dir>/chosen.json: the snapshot a later stage starts from (keep_snapshot)
 GROUP_STD = "group_reward_std"  # logged metric: mean over groups of the std of their completions' rewards
 GROUPS_ZERO_STD = "frac_groups_zero_std"  # logged metric: share of groups whose completions all earned the same
 
@@ -239,6 +243,47 @@ def snapshots(output_dir) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def keep_snapshot(output_dir, step: int, why: str) -> Path:
+    """Record that the snapshot of `step` is the model to keep from the run in `output_dir`
+    (`why`: how it was chosen, kept beside it); returns its folder. The end of training is the
+    run's own final adapter, so keeping it changes nothing downstream."""
+    output_dir = Path(output_dir)
+    folder = dict(snapshots(output_dir)).get(step)
+    if folder is None:
+        raise ValueError(f"{output_dir} has no snapshot of step {step}; it has steps {[s for s, _ in snapshots(output_dir)]}")
+    with runtime.atomic_path(output_dir / KEPT_FILE) as tmp:
+        tmp.write_text(json.dumps({"step": step, "why": why}))
+    return kept_adapter(output_dir)
+
+
+def kept_adapter(output_dir) -> Path:
+    """The adapter a later stage starts from: the snapshot `keep_snapshot` recorded, else (nothing
+    recorded, or the end of training chosen) the run's final adapter in `output_dir` itself."""
+    output_dir = Path(output_dir)
+    record = output_dir / KEPT_FILE
+    if not record.is_file():
+        return output_dir
+    try:
+        step = int(json.loads(record.read_text())["step"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{record}: expected {{\"step\": <int>, ...}}, got {record.read_text()[:80]!r}") from err
+    folder = dict(snapshots(output_dir)).get(step)
+    if folder is None:
+        raise FileNotFoundError(f"{record} keeps step {step}, but {output_dir / SNAPSHOTS} has no such snapshot")
+    return output_dir if (output_dir / STATE_FILE).is_file() and final_step(output_dir) == step else folder
+
+
+def final_step(output_dir) -> int:
+    """The step at which a finished training run saved its adapter (Trainer's trainer_state.json)."""
+    state = Path(output_dir) / STATE_FILE
+    if not state.is_file():
+        raise FileNotFoundError(f"{state} is missing: no way to tell at which step {output_dir} was saved")
+    step = json.loads(state.read_text()).get("global_step")
+    if step is None:
+        raise ValueError(f"{state} has no 'global_step' field")
+    return int(step)
+
+
 def _with_snapshots(preset, callbacks) -> list:
     """The caller's callbacks, then the snapshots: a callback that stops the run at a step
     (a test's stand-in for a kill) then stops it before that step's snapshot, like a real kill."""
@@ -299,6 +344,7 @@ def train_sft(preset, train_ds, eval_ds=None, output_dir=None, resume=True, mode
     output_dir = Path(output_dir or adapter_dir(preset, "sft"))
     if resume and _finished(output_dir, preset.sft_max_steps, preset.sft_epochs):
         return output_dir
+    (output_dir / KEPT_FILE).unlink(missing_ok=True)  # a choice among the old snapshots is void now
     trainer = sft_trainer(preset, train_ds, eval_ds, output_dir, model, tokenizer, callbacks)
     return _train_and_save(trainer, output_dir, resume)
 
@@ -535,7 +581,7 @@ def _parser() -> argparse.ArgumentParser:
 def _sft_adapter(args, preset) -> Path | None:
     if args.sft_adapter == "none":
         return None
-    path = Path(args.sft_adapter) if args.sft_adapter else adapter_dir(preset, "sft")
+    path = Path(args.sft_adapter) if args.sft_adapter else kept_adapter(adapter_dir(preset, "sft"))
     if not (path / "adapter_config.json").is_file():
         raise SystemExit(f"no SFT adapter at {path}: run the sft stage first, or pass --sft-adapter none")
     return path

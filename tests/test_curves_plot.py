@@ -19,6 +19,13 @@ def test_stages_are_laid_end_to_end_with_a_marker_per_point():
     assert "8 queries" in ax.get_title()
 
 
+def test_a_stage_starts_on_the_point_of_the_model_it_trains_from():
+    """GRPO from the SFT snapshot of step 3 (kept on dev queries) branches off there, not at SFT's end."""
+    kept = curve().assign(adapter=["base model", "sft/step-3", "sft", "sft/step-3", "grpo/step-2"])
+    sft, grpo = plots.learning_curve(kept).axes[0].lines
+    assert list(sft.get_xdata()) == [0, 3, 6] and list(grpo.get_xdata()) == [3, 5]
+
+
 def test_first_stage_line_and_whole_step_ticks():
     short = pd.DataFrame({"stage": ["SFT", "SFT", "GRPO", "GRPO"], "step": [0, 1, 0, 1],
                           "nDCG@10": [0.2, 0.3, 0.3, 0.3], "queries": 2})  # 2 steps: matplotlib would tick 0.25

@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from grouprank_mini import experiments, get_preset, llm
+from grouprank_mini import experiments, get_preset, llm, train
 from grouprank_mini.collection import Collection
 from grouprank_mini.rerank import GroupwiseReranker, RankResult, RerankedRun
 
@@ -153,6 +153,49 @@ def test_missing_stage_and_start_folders_are_named(curve_world):
         experiments.learning_curve(curve_world["preset"], {}, curve_world["collection"], curve_world["run"], ["q1"])
 
 
+def dev_curve(scores) -> pd.DataFrame:
+    """One SFT stage scored on 2 dev queries at steps 0, 1, 2, 3."""
+    return pd.DataFrame({"stage": "SFT", "step": [0, 1, 2, 3], "nDCG@10": scores, "queries": 2})
+
+
+def test_keep_on_dev_keeps_the_best_trained_snapshot_and_records_it(curve_world):
+    sft = fake_stage(curve_world, "sft-keep", [1, 2, 3])
+    preset = curve_world["preset"]
+    # step 0 (the base model) scores best but is no SFT model; 0.6 ties at steps 2 and 3: the later one
+    assert experiments.keep_on_dev(preset, dev_curve([0.9, 0.4, 0.6, 0.6]), sft) == (3, sft)  # the final adapter itself
+    step, kept = experiments.keep_on_dev(preset, dev_curve([0.1, 0.7, 0.6, 0.5]), sft)
+    assert (step, kept) == (1, sft / "snapshots" / "step-1") and train.kept_adapter(sft) == kept
+    assert "best-dev: own judgement 0.7000 on 2 dev queries" in (sft / train.KEPT_FILE).read_text()
+    last = get_preset(preset, sft_keep="last")
+    assert experiments.keep_on_dev(last, dev_curve([0.1, 0.7, 0.6, 0.5]), sft) == (3, sft)
+    with pytest.raises(ValueError, match="sft_keep is 'best'"):
+        experiments.keep_on_dev(get_preset(preset, sft_keep="best"), dev_curve([0.1, 0.7, 0.6, 0.5]), sft)
+
+
+def test_kept_adapter_without_a_choice_is_the_end_and_a_bad_record_is_named(curve_world):
+    sft = fake_stage(curve_world, "sft-kept", [2, 4])
+    assert train.kept_adapter(sft) == sft
+    (sft / train.KEPT_FILE).write_text('{"step": 3}')
+    with pytest.raises(FileNotFoundError, match="keeps step 3"):
+        train.kept_adapter(sft)
+    (sft / train.KEPT_FILE).write_text('{"stp": 2}')
+    with pytest.raises(ValueError, match="chosen.json"):
+        train.kept_adapter(sft)
+    with pytest.raises(ValueError, match="no snapshot of step 5"):
+        train.keep_snapshot(sft, 5, "test")
+
+
+def test_grpo_and_the_sft_row_start_from_the_kept_snapshot(curve_world, monkeypatch, tmp_path):
+    monkeypatch.setenv("GROUPRANK_CACHE", str(tmp_path))
+    preset = curve_world["preset"]
+    sft = fake_stage({**curve_world, "root": tmp_path / "adapters" / preset.name}, "sft", [1, 2])
+    grpo = fake_stage({**curve_world, "root": tmp_path / "adapters" / preset.name}, "grpo", [1])
+    train.keep_snapshot(sft, 1, "test")
+    stages = experiments.curve_stages(preset)
+    assert stages == {"SFT": (None, sft), "GRPO": (sft / "snapshots" / "step-1", grpo)}
+    assert experiments.adapter_folders(preset)["SFT"] == sft / "snapshots" / "step-1"
+
+
 def hand_curve(start: float, sft_gain: float, grpo_gain: float, queries: int = 30) -> pd.DataFrame:
     """A learning curve without a model: per-query scores that move by the given amounts."""
     def point(stage, step, shift):
@@ -180,12 +223,14 @@ def test_bootstrap_sentence_carries_the_numbers():
     assert "2 wins / 0 losses over 2 queries: a gain beyond noise." in sentence
 
 
-
 def test_bootstrap_sentence_shows_a_bound_that_three_decimals_would_round_to_zero():
     result = {"mean difference": -0.009, "low": -0.018, "high": -0.0002, "wins": 1, "losses": 3, "queries": 8}
     sentence = experiments.bootstrap_sentence(result, "SFT", "BM25")
     assert "[-0.018, -0.0002]" in sentence and sentence.endswith("a loss beyond noise.")
+    assert "1 win / 3 losses over 8 queries" in sentence
     assert "[+0.000, +0.300]" in experiments.bootstrap_sentence({**result, "low": 0.0, "high": 0.3}, "a", "b")
+    assert "[-0.018, -3e-06]" in experiments.bootstrap_sentence({**result, "high": -0.000003}, "a", "b")
+
 
 # --- one query before and after training ----------------------------------------------------------
 

@@ -183,11 +183,13 @@ def test_resume_false_starts_over(sft_run, tokenizer, tmp_path):
     (out / "checkpoint-9").mkdir(parents=True)
     (out / "snapshots" / "step-9").mkdir(parents=True)
     (out / "snapshots" / "step-9" / "adapter_config.json").write_text("{}")
+    (out / train.KEPT_FILE).write_text('{"step": 9}')  # a choice among the old run's snapshots
     short = get_preset(PRESET, sft_max_steps=2)
     train.train_sft(short, sft_rows(), output_dir=out, resume=False,
                     model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert [step for step, _ in train.snapshots(out)] == [1, 2]  # the old run's step 9 went with it
+    assert train.kept_adapter(out) == out  # and so did the choice of it: the new run's end is kept
 
 
 # --- GRPO and resume ----------------------------------------------------------------------------
