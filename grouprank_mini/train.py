@@ -33,6 +33,8 @@ Choices made here, and why:
 - **The SFT model kept is a choice, recorded.** Notebook 02 scores the snapshots on dev queries
   and writes the one it keeps into `<output_dir>/chosen.json` (`keep_snapshot`); GRPO starts from
   it and notebook 04 evaluates it (`kept_adapter`). A run trained again drops the old choice.
+  A GRPO run records the adapter it started from (`started_from.json`) and is reused only
+  from that same adapter: keeping another SFT snapshot trains GRPO again.
 - **The within-group reward spread is logged.** GRPO learns only from reward differences among
   the completions of one prompt; TRL's `reward_std` is the std over the whole batch, so
   `SpreadLoggingGRPOTrainer` adds the mean std within groups and the share of groups without any spread.
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -71,6 +74,7 @@ SFT_EVALS = 5  # eval-loss points per SFT run: a curve, at a cost that does not 
 EVAL_SPLITS = ("dev", "validation", "eval")  # the first one present is the SFT eval set
 SNAPSHOTS = "snapshots"  # <output_dir>/snapshots/step-<N>/: the adapters behind learning curves
 KEPT_FILE = "chosen.json"  # <output_dir>/chosen.json: the snapshot a later stage starts from (keep_snapshot)
+START_FILE = "started_from.json"  # <grpo dir>/started_from.json: the adapter that GRPO run started from
 GROUP_STD = "group_reward_std"  # logged metric: mean over groups of the std of their completions' rewards
 GROUPS_ZERO_STD = "frac_groups_zero_std"  # logged metric: share of groups whose completions all earned the same
 
@@ -445,10 +449,37 @@ def train_grpo(preset, rl_ds, sft_adapter=None, output_dir=None, resume=True, mo
     """GRPO from the SFT adapter (or a fresh LoRA if None); returns the folder of the saved adapter."""
     runtime.setup(preset)
     output_dir = Path(output_dir or grpo_dir(preset))
+    start = _start_name(output_dir, sft_adapter)
+    old = _started_from(output_dir)
+    if resume and old is not None and old["sft_adapter"] != start:
+        print(f"GRPO in {output_dir} started from {old['sft_adapter']}, not from {start}: training it again")
+        resume = False
     if resume and _finished(output_dir, preset.grpo_max_steps, epochs=1):
         return output_dir
     trainer = grpo_trainer(preset, rl_ds, sft_adapter, output_dir, model, tokenizer, reward_funcs, callbacks)
+    output_dir.mkdir(parents=True, exist_ok=True)  # the record outlives a kill, so a resume checks it too
+    with runtime.atomic_path(output_dir / START_FILE) as tmp:
+        tmp.write_text(json.dumps({"sft_adapter": start}))
     return _train_and_save(trainer, output_dir, resume)
+
+
+def _start_name(output_dir: Path, sft_adapter) -> str | None:
+    """The SFT adapter as a path relative to the GRPO folder, so a moved cache still matches."""
+    return None if sft_adapter is None else os.path.relpath(Path(sft_adapter).resolve(), output_dir.resolve())
+
+
+def _started_from(output_dir: Path) -> dict | None:
+    """The record of the adapter a cached GRPO run started from (None: no record, e.g. a run of an older kit).
+    A cached run is reused only if it started from the adapter asked for now: when notebook 02
+    keeps another SFT snapshot, an old GRPO run would otherwise pass for one trained from it."""
+    record = output_dir / START_FILE
+    if not record.is_file():
+        return None
+    try:
+        found = json.loads(record.read_text())
+        return {"sft_adapter": found["sft_adapter"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{record}: expected {{\"sft_adapter\": <path or null>}}, got {record.read_text()[:80]!r}") from err
 
 
 # --- using the results --------------------------------------------------------------------------

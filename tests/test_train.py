@@ -248,6 +248,36 @@ def test_a_finished_run_is_reused_instead_of_trained_again(grpo_run, sft_run, to
     assert not train._finished(path, longer.grpo_max_steps, epochs=1)  # a longer run resumes and continues
 
 
+def _grpo_steps(tokenizer, output_dir, sft_adapter) -> list[int]:
+    """The steps a one-step GRPO run in `output_dir` trains ([] when it reuses a finished run)."""
+    recorder = StepRecorder()
+    train.train_grpo(get_preset(PRESET, grpo_max_steps=1), rl_rows(4), sft_adapter=sft_adapter,
+                     output_dir=output_dir, model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer,
+                     reward_funcs=[varied_reward], callbacks=[recorder])
+    return recorder.steps
+
+
+def test_a_cached_grpo_run_is_reused_only_from_the_adapter_it_started_from(sft_run, tokenizer, tmp_path, capsys):
+    snapshot = train.snapshots(sft_run)[0][1]
+    assert _grpo_steps(tokenizer, tmp_path, sft_run) == [1]
+    assert _grpo_steps(tokenizer, tmp_path, sft_run) == []  # same start: reused
+    assert _grpo_steps(tokenizer, tmp_path, snapshot) == [1]  # 02 kept another snapshot: trained again
+    assert "training it again" in capsys.readouterr().out
+    record = json.loads((tmp_path / train.START_FILE).read_text())
+    assert (tmp_path / record["sft_adapter"]).resolve() == snapshot.resolve()
+    assert _grpo_steps(tokenizer, tmp_path, None) == [1]  # "RL only" is a start of its own
+
+
+def test_a_grpo_run_without_a_start_record_is_reused_and_a_bad_record_is_named(sft_run, tokenizer, tmp_path):
+    assert _grpo_steps(tokenizer, tmp_path, sft_run) == [1]
+    record = tmp_path / train.START_FILE
+    record.unlink()  # a run cached by a kit that kept no record
+    assert _grpo_steps(tokenizer, tmp_path, sft_run) == []
+    record.write_text('{"adapter": "x"}')
+    with pytest.raises(ValueError, match="started_from.json"):
+        _grpo_steps(tokenizer, tmp_path, sft_run)
+
+
 def test_grpo_snapshots_survive_the_kill_and_hold_only_the_policy(grpo_run):
     path = grpo_run[0]
     found = train.snapshots(path)
