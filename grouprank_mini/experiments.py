@@ -74,11 +74,12 @@ def compare_paradigms(model, tokenizer, preset, collection, run: Run, qids: list
 
 
 def rerank_systems(systems: dict, tokenizer, preset, collection, run: Run, qids: list[str],
-                   scorings=("generate", "logprob")) -> dict[str, Run]:
+                   scorings=("generate", "logprob")) -> dict[str, RerankedRun]:
     """The groupwise reranker with each model of `systems` ({name: model}) and each scoring, on
-    the same candidates; runs named "<model name> (<scoring>)"."""
+    the same candidates; results named "<model name> (<scoring>)". Each keeps the model's own
+    scores, so other retriever weights need no new model call (`RerankedRun.reweighted`)."""
     return {f"{name} ({scoring})": GroupwiseReranker(llm.LLM(model, tokenizer, preset), preset, scoring)
-            .rerank_run(collection, run, qids=qids).run
+            .rerank_run(collection, run, qids=qids)
             for scoring in scorings for name, model in systems.items()}
 
 
@@ -177,27 +178,22 @@ def paired_bootstrap(system: dict[str, float], baseline: dict[str, float], sampl
             "wins": int((deltas > 0).sum()), "losses": int((deltas < 0).sum()), "queries": len(deltas)}
 
 
-def best_weight(reranked: RerankedRun, reranker: GroupwiseReranker, first_stage: Run, collection,
+def best_weight(reranked: RerankedRun, first_stage: Run, collection,
                 weights=(0.0, 0.2, 0.4, 0.6, 0.8)) -> tuple[float, dict[float, float]]:
-    """The retriever weight w with the best nDCG@10 on the queries of `reranked`, and the score of
-    every w tried. One model run serves every w (`final_scores` is post-processing), so choose w on
-    dev queries, then apply it to test queries: choosing it on test would flatter the reranker."""
+    """The retriever weight w with the best nDCG@10 on the queries of `reranked` (a reranking of
+    `first_stage`), and the score of every w tried. One model run serves every w (`reweighted` is
+    post-processing), so choose w on dev queries, then apply it to test queries: choosing it on
+    test would flatter the reranker."""
     qids = list(reranked.results)
-    scores = {w: evaluate({q: reranker.final_scores(r.model_scores, first_stage[q], w)
-                           for q, r in reranked.results.items()}, collection, qids)["nDCG@10"]
-              for w in weights}
+    scores = {w: evaluate(reranked.reweighted(first_stage, w), collection, qids)["nDCG@10"] for w in weights}
     return max(scores, key=lambda w: (scores[w], -w)), scores
 
 
-def dev_weighted_run(model, tokenizer, preset, collection, dev_run: Run, dev: list[str], run: Run,
-                     qids: list[str]) -> tuple[Run, float, dict[float, float]]:
-    """The final reranker as a user would tune it: token-probability scores, the retriever weight
-    chosen on `dev` queries of `dev_run` (`best_weight`), then applied to `qids` of `run`.
-    Returns (that run, the weight, dev nDCG@10 of every weight tried)."""
+def dev_weight(model, tokenizer, preset, collection, dev_run: Run, dev: list[str]) -> tuple[float, dict[float, float]]:
+    """The retriever weight a user would choose for `model`: `best_weight` of its token-probability
+    scores on the `dev` queries of `dev_run`. Returns (that weight, dev nDCG@10 of every weight tried)."""
     scorer = GroupwiseReranker(llm.LLM(model, tokenizer, preset), preset, scoring="logprob")
-    weight, by_weight = best_weight(scorer.rerank_run(collection, dev_run, qids=dev), scorer, dev_run, collection)
-    scored = scorer.rerank_run(collection, run, qids=qids)
-    return {q: scorer.final_scores(r.model_scores, run[q], weight) for q, r in scored.results.items()}, weight, by_weight
+    return best_weight(scorer.rerank_run(collection, dev_run, qids=dev), dev_run, collection)
 
 
 def bootstrap_verdict(result: dict) -> str:
@@ -309,7 +305,7 @@ def curve_stages(preset) -> dict:
 
 def _same_as_last_snapshot(output_dir: Path, points) -> bool:
     """Whether a stage's final adapter is its last snapshot (train snapshots the last step), so a
-    later stage that starts from it can reuse that point's scores instead of computing them again."""
+    later stage that starts from it, or a table that scored it, shares that point's scores."""
     from .train import final_step
 
     try:
@@ -323,31 +319,62 @@ def _point_key(adapter) -> str:
     return "base model" if adapter is None else str(Path(adapter).resolve())
 
 
-def learning_curve(preset, stages: dict, collection, run: Run, qids) -> pd.DataFrame:
+def _share(scored: dict, *keys: str) -> None:
+    """Several names of one model (a final adapter and its last snapshot): if one is scored, all are."""
+    found = next((scored[k] for k in keys if k in scored), None)
+    if found is not None:
+        scored.update(dict.fromkeys(keys, found))
+
+
+def scored_points(preset, reranked: dict[str, RerankedRun], first_stage: Run, collection, qids) -> dict:
+    """The learning-curve points a `rerank_systems` result has already scored by token probabilities,
+    as `learning_curve(known=...)` takes them: {adapter folder (None: the base model): own-judgement
+    per-query nDCG@10}. Retriever weight 0 is post-processing of the scores they kept (`reweighted`),
+    so these points cost no new model call. `first_stage`: the run they reranked, for `qids`."""
+    folders = {"zero-shot": None, **adapter_folders(preset)}
+    known = {}
+    for name, result in reranked.items():
+        model = name.removesuffix(" (logprob)")
+        if model == name or model not in folders:
+            continue
+        missing = set(qids) - set(result.results)
+        if missing:
+            raise ValueError(f"{name} scored no result for queries {sorted(missing)[:3]}: rerank the same queries")
+        known[folders[model]] = per_query_ndcg(result.reweighted(first_stage, 0.0), collection, qids)
+    return known
+
+
+def learning_curve(preset, stages: dict, collection, run: Run, qids, known: dict | None = None) -> pd.DataFrame:
     """The model's own judgement (`own_judgement`) at every point of every training stage.
 
     `stages`: {label: (start adapter or None for the base model, stage output dir)} in training
     order; each stage's points are its start (step 0) and its snapshots (`stage_points`). One row
     per point: stage, step, nDCG@10 (mean), queries, adapter, and the per-query scores, so that
-    points can be compared with `paired_bootstrap` (`curve_summary`). The base model is loaded
-    once; each adapter is attached to it for its point and taken off again (`adapter_on`)."""
+    points can be compared with `paired_bootstrap` (`curve_summary`). `known`: points scored
+    already ({adapter folder or None: per-query scores}, e.g. `scored_points`), not scored again.
+    The base model is loaded once; each adapter is attached to it for its point and taken off
+    again (`adapter_on`)."""
     if not stages:
         raise ValueError("no training stage to draw a curve of: train SFT first (notebook 02)")
     base, tokenizer = llm.load(preset)
-    scored: dict[str, dict[str, float]] = {}  # adapter folder (or "base model") -> per-query scores
-    rows = []
+    scored = {_point_key(adapter): scores for adapter, scores in (known or {}).items()}  # adapter key -> per query
+    rows, computed = [], 0
     for stage, (start, output_dir) in stages.items():
         points = stage_points(start, output_dir)
+        ends = (_point_key(points[-1][1]), _point_key(output_dir)) if _same_as_last_snapshot(Path(output_dir), points) else ()
+        _share(scored, *ends)
         for step, adapter in points:
             key = _point_key(adapter)
             if key not in scored:
                 with adapter_on(base, adapter) as model:
                     scored[key] = own_judgement(model, tokenizer, preset, collection, run, qids)
+                computed += 1
             scores = scored[key]
             rows.append({"stage": stage, "step": step, "nDCG@10": sum(scores.values()) / max(len(scores), 1),
                          "queries": len(scores), "adapter": key, "per query": scores})
-        if _same_as_last_snapshot(Path(output_dir), points):
-            scored[_point_key(output_dir)] = scored[rows[-1]["adapter"]]
+        _share(scored, *ends)
+    print(f"{len(rows)} curve points: {computed} scored here, {len(rows) - computed} shared "
+          "(a stage's start is the previous stage's snapshot, or scores computed before)")
     return pd.DataFrame(rows)
 
 
@@ -373,10 +400,16 @@ def keep_on_dev(preset, curve: pd.DataFrame, output_dir) -> tuple[int, Path]:
 
 
 def curve_summary(curve: pd.DataFrame, samples: int = 10_000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """Is each move of a learning curve more than noise? `paired_bootstrap` of each stage's last
-    point against its step 0 and, with several stages, of the curve's last point against its
-    first (e.g. SFT+GRPO against zero-shot). One row per comparison, with the two points' names."""
-    ends = {stage: (points.iloc[0], points.iloc[-1]) for stage, points in curve.groupby("stage", sort=False)}
+    """Is each move of a learning curve more than noise? `paired_bootstrap` of each stage's end
+    against its step 0 and, with several stages, of the curve's last point against its first
+    (e.g. SFT+GRPO against zero-shot). A stage's end is the snapshot the next stage started from
+    (the one kept on dev), else its last point. One row per comparison, with the two points' names."""
+    stages = [points for _, points in curve.groupby("stage", sort=False)]
+    ends = {}
+    for i, points in enumerate(stages):
+        later = stages[i + 1]["adapter"].iloc[0] if i + 1 < len(stages) else None
+        kept = points[points["adapter"] == later]
+        ends[points["stage"].iloc[0]] = (points.iloc[0], kept.iloc[-1] if len(kept) else points.iloc[-1])
     if len(ends) > 1:
         ends["all stages"] = (curve.iloc[0], curve.iloc[-1])
     rows = {}

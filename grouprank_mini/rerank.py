@@ -56,6 +56,21 @@ class RerankedRun:
     def outputs(self) -> list[tuple[str, ParsedGroup | list[int]]]:
         return [output for result in self.results.values() for output in result.outputs]
 
+    def reweighted(self, first_stage: Run, retriever_weight: float) -> Run:
+        """This run as it would rank with another retriever weight w (groupwise and pointwise
+        results): `combine_scores` of each query's model scores, first-stage tail below. Post-processing
+        only, so one scoring of the model serves every w. `first_stage`: the run that was reranked."""
+        return {q: _with_tail(combine_scores(r.model_scores, {d: first_stage[q][d] for d in r.model_scores},
+                                             retriever_weight), first_stage[q])
+                for q, r in self.results.items()}
+
+
+def combine_scores(model_scores: dict[str, float], retriever_scores: dict[str, float],
+                   retriever_weight: float) -> dict[str, float]:
+    """final = (1-w)·score/10 + w·norm(retriever) over the reranked documents, ties broken by
+    the first stage: never two equal scores, so a ranking never depends on dict order."""
+    return groups.tie_break(groups.interpolate(model_scores, retriever_scores, retriever_weight), retriever_scores)
+
 
 class Reranker:
     """Shared API: `rank(query, docs)` for one query, `rerank_run(collection, run, depth)` for a run."""
@@ -156,10 +171,9 @@ class GroupwiseReranker(Reranker):
 
     def final_scores(self, model_scores: dict[str, float], retriever_scores: dict[str, float],
                      retriever_weight: float | None = None) -> dict[str, float]:
-        """final = (1-w)·score/10 + w·norm(retriever), ties broken by the first stage (w: the
-        preset's unless given). Post-processing only: one model run serves every weight."""
+        """`combine_scores` with the preset's retriever weight unless another is given."""
         weight = self.preset.retriever_weight if retriever_weight is None else retriever_weight
-        return groups.tie_break(groups.interpolate(model_scores, retriever_scores, weight), retriever_scores)
+        return combine_scores(model_scores, retriever_scores, weight)
 
 
 class PointwiseReranker(GroupwiseReranker):

@@ -12,6 +12,7 @@ from peft import PeftModel
 from grouprank_mini import experiments, get_preset, llm, train
 from grouprank_mini.collection import Collection
 from grouprank_mini.rerank import GroupwiseReranker, RankResult, RerankedRun
+from grouprank_mini.runs import ranked_ids
 
 
 def test_bootstrap_interval_excludes_zero_only_for_a_consistent_gain():
@@ -37,9 +38,7 @@ def test_best_weight_is_chosen_from_the_model_scores_of_one_run():
     collection = Collection("toy", docs, {"q1": "x", "q2": "y"}, {"q1": {"d2": 1}, "q2": {"d2": 1}})
     first_stage = {q: {"d1": 2.0, "d2": 1.0} for q in ("q1", "q2")}
     results = {q: RankResult({}, model_scores={"d1": 1.0, "d2": 9.0}) for q in ("q1", "q2")}
-    reranker = GroupwiseReranker(None, get_preset("smoke"))
-    weight, scores = experiments.best_weight(RerankedRun({}, results), reranker, first_stage, collection,
-                                             weights=(0.0, 0.4, 0.95))
+    weight, scores = experiments.best_weight(RerankedRun({}, results), first_stage, collection, weights=(0.0, 0.4, 0.95))
     assert weight == 0.0 and scores[0.0] == 1.0 and scores[0.95] < 1.0
 
 
@@ -135,6 +134,51 @@ def test_learning_curve_rows_steps_order_and_scores(curve_world, capsys, monkeyp
     assert "no adapter snapshots" not in capsys.readouterr().out
 
 
+def test_learning_curve_scores_only_the_points_it_was_not_given(curve_world, monkeypatch, capsys):
+    sft = fake_stage(curve_world, "sft-known", [1, 2])
+    models = []
+    judge = experiments.own_judgement
+    monkeypatch.setattr(experiments, "own_judgement",
+                        lambda model, *args: models.append(model) or judge(model, *args))
+    base_scores, end_scores = {"q1": 0.125, "q2": 0.5}, {"q1": 1.0, "q2": 0.25}
+    curve = experiments.learning_curve(curve_world["preset"], {"SFT": (None, sft)}, curve_world["collection"],
+                                       curve_world["run"], ["q1", "q2", "q3"], known={None: base_scores, sft: end_scores})
+    assert curve["per query"].iloc[0] == base_scores
+    assert curve["per query"].iloc[2] == end_scores  # known as the final adapter, which is the last snapshot
+    assert len(models) == 1 and set(curve["per query"].iloc[1]) == {"q1", "q2"}  # only step 1 was scored
+    assert "3 curve points: 1 scored here, 2 shared" in capsys.readouterr().out
+
+
+def test_scored_points_read_own_judgement_from_a_table_s_token_probability_scores(curve_world, monkeypatch):
+    preset, collection, run = curve_world["preset"], curve_world["collection"], curve_world["run"]
+    model, tokenizer = llm.load(preset)
+    sft = curve_world["root"] / "kept-sft"
+    monkeypatch.setattr(experiments, "adapter_folders", lambda p: {"SFT": sft, "SFT+GRPO": curve_world["root"] / "g"})
+    table = experiments.rerank_systems({"zero-shot": model, "SFT": model}, tokenizer, preset, collection, run,
+                                       ["q1", "q2"], scorings=("logprob",))
+    table["SFT+GRPO (generate)"] = table["SFT (logprob)"]  # written answers are not read as own judgement
+    known = experiments.scored_points(preset, table, run, collection, ["q1", "q2"])
+    assert set(known) == {None, sft}
+    assert known[None] == experiments.own_judgement(model, tokenizer, preset, collection, run, ["q1", "q2"])
+    with pytest.raises(ValueError, match="q3"):
+        experiments.scored_points(preset, table, run, collection, ["q1", "q2", "q3"])
+
+
+def test_curve_summary_ends_a_stage_at_the_snapshot_the_next_stage_started_from():
+    def per(v):
+        return {"q1": v, "q2": v}
+
+    curve = pd.DataFrame({"stage": ["SFT"] * 3 + ["GRPO"] * 2, "step": [0, 1, 2, 0, 1],
+                          "adapter": ["base", "s1", "s2", "s1", "g1"],
+                          "per query": [per(0.1), per(0.5), per(0.2), per(0.5), per(0.6)]})
+    summary = experiments.curve_summary(curve, samples=100)
+    assert summary.loc["SFT", "to"] == "SFT step 1" and summary.loc["SFT", "mean difference"] == pytest.approx(0.4)
+    assert summary.loc["GRPO", "from"] == "GRPO step 0" and summary.loc["GRPO", "mean difference"] == pytest.approx(0.1)
+    assert summary.loc["all stages", "mean difference"] == pytest.approx(0.5)
+    alone = experiments.curve_summary(curve[curve["stage"] == "SFT"], samples=100)
+    assert alone.loc["SFT", "to"] == "SFT step 2"  # no later stage: its last point
+
+
 def test_a_stage_without_snapshots_gives_its_end_point_and_says_so(curve_world, capsys):
     old = fake_stage(curve_world, "old-sft", [4], snapshots=False)
     points = experiments.stage_points(None, old)
@@ -198,11 +242,11 @@ def test_grpo_and_the_sft_row_start_from_the_kept_snapshot(curve_world, monkeypa
 
 def hand_curve(start: float, sft_gain: float, grpo_gain: float, queries: int = 30) -> pd.DataFrame:
     """A learning curve without a model: per-query scores that move by the given amounts."""
-    def point(stage, step, shift):
+    def point(stage, step, shift, adapter):
         scores = {str(q): start + shift + (0.01 if q % 2 else -0.01) for q in range(queries)}
-        return {"stage": stage, "step": step, "per query": scores}
-    return pd.DataFrame([point("SFT", 0, 0), point("SFT", 4, sft_gain),
-                         point("GRPO", 0, sft_gain), point("GRPO", 2, sft_gain + grpo_gain)])
+        return {"stage": stage, "step": step, "adapter": adapter, "per query": scores}
+    return pd.DataFrame([point("SFT", 0, 0, "base"), point("SFT", 4, sft_gain, "sft-4"),
+                         point("GRPO", 0, sft_gain, "sft-4"), point("GRPO", 2, sft_gain + grpo_gain, "grpo-2")])
 
 
 def test_curve_summary_compares_each_stage_and_the_whole_curve():
@@ -265,13 +309,19 @@ def test_ranking_table_shows_scores_and_the_new_rank_of_the_last_system():
                                   first_stage, depth=3)
 
 
-def test_dev_weighted_run_chooses_w_on_dev_and_scores_every_test_query(curve_world):
+def test_dev_weight_is_the_best_weight_on_dev_and_reweighting_needs_no_model(curve_world):
     preset, collection, run = curve_world["preset"], curve_world["collection"], curve_world["run"]
     model, tokenizer = llm.load(preset)
-    final, weight, by_weight = experiments.dev_weighted_run(model, tokenizer, preset, collection, run, ["q1"], run,
-                                                           ["q2", "q3"])
-    assert weight in by_weight and by_weight[weight] == max(by_weight.values())
-    assert set(final) == {"q2", "q3"} and all(set(final[q]) >= set(list(DOCS)[:preset.rerank_depth]) for q in final)
+    weight, by_weight = experiments.dev_weight(model, tokenizer, preset, collection, run, ["q1"])
+    assert weight in by_weight and by_weight[weight] == max(by_weight.values()) and set(by_weight) == {0.0, 0.2, 0.4, 0.6, 0.8}
+    scored = experiments.rerank_systems({"m": model}, tokenizer, preset, collection, run, ["q1", "q2"],
+                                        scorings=("logprob",))["m (logprob)"]
+    assert scored.reweighted(run, preset.retriever_weight) == scored.run  # the weight it was scored with: the same run
+    alone = scored.reweighted(run, 0.0)
+    for q, result in scored.results.items():
+        head = ranked_ids(alone[q])[:preset.rerank_depth]
+        assert head == sorted(result.model_scores, key=lambda d: -result.model_scores[d])  # w = 0: the model's order
+        assert ranked_ids(alone[q])[preset.rerank_depth:] == ranked_ids(run[q])[preset.rerank_depth:]  # the tail kept
 
 
 def test_trend_names_the_direction_and_says_when_there_is_none():

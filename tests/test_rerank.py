@@ -300,4 +300,4 @@ def test_rerank_systems_names_each_model_and_scoring(tiny, tokenizer, cranfield)
     reranked = rerank_systems({"zero-shot": tiny}, tokenizer, PRESET, collection, run, qids)
     assert list(reranked) == ["zero-shot (generate)", "zero-shot (logprob)"]
     alone = PARADIGMS["groupwise-logprob"](tiny, tokenizer, PRESET).rerank_run(collection, run, qids=qids)
-    assert reranked["zero-shot (logprob)"] == alone.run
+    assert reranked["zero-shot (logprob)"].run == alone.run
