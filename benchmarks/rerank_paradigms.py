@@ -77,7 +77,7 @@ from grouprank_mini import data, evaluate, get_preset, llm, plots, retrieval, ru
 from grouprank_mini.experiments import paired_bootstrap, per_query_costs
 from grouprank_mini.llm import LLM, GenerationStats
 from grouprank_mini.parsing import ParsedGroup, answer_region, tags_ok
-from grouprank_mini.rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker
+from grouprank_mini.rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker, reweighted_run
 from grouprank_mini.runs import Run
 
 # The paper's measured speed-ups of GroupRank (docs/paper.md §5) and the issues' bars.
@@ -168,7 +168,7 @@ def non_embedding_parameters(model) -> int:
 
 def rerankers(model, tokenizer, preset, regime: Regime) -> dict:
     """Every model-based paradigm of the regime, each on its own engine (own counters), all
-    without interpolation (weight 0: the weighted column comes from `Reranker.final_scores`)."""
+    without interpolation (weight 0: the weighted column comes from `rerank.reweighted_run`)."""
     base = replace(preset, retriever_weight=0.0, batch_size=regime.batch_size)
 
     def make(kind: str, scoring: str = "generate", cache: bool = False, **fields):
@@ -242,11 +242,6 @@ def _save(path: Path, state: dict) -> None:
     runtime.write_atomic(path, json.dumps(state))  # a kill mid-write never corrupts the checkpoint
 
 
-def weighted(reranker, model_scores: dict, first_stage: Run, weight: float) -> Run:
-    """The run the reranker gives with retriever `weight`, from the model scores of its one run."""
-    return {q: reranker.final_scores(scores, first_stage[q], weight) for q, scores in model_scores.items()}
-
-
 # --- measurements ----------------------------------------------------------------------------------
 
 def quality(run, collection, qids) -> dict:
@@ -308,8 +303,8 @@ def paradigm_rows(paradigms: dict, results: dict, collection, run, qids, weight:
         if isinstance(reranker, ListwiseReranker):
             rows[name] = {**quality(result["run"], collection, qids), WEIGHTED: None}
         else:
-            rows[name] = {**quality(weighted(reranker, result["model scores"], run, 0.0), collection, qids),
-                          WEIGHTED: quality(weighted(reranker, result["model scores"], run, weight), collection, qids)["nDCG@10"]}
+            rows[name] = {**quality(reweighted_run(result["model scores"], run, 0.0), collection, qids),
+                          WEIGHTED: quality(reweighted_run(result["model scores"], run, weight), collection, qids)["nDCG@10"]}
         rows[name] |= costs(result, len(qids))
     return rows
 

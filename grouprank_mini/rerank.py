@@ -57,12 +57,18 @@ class RerankedRun:
         return [output for result in self.results.values() for output in result.outputs]
 
     def reweighted(self, first_stage: Run, retriever_weight: float) -> Run:
-        """This run as it would rank with another retriever weight w (groupwise and pointwise
-        results): `combine_scores` of each query's model scores, first-stage tail below. Post-processing
-        only, so one scoring of the model serves every w. `first_stage`: the run that was reranked."""
-        return {q: _with_tail(combine_scores(r.model_scores, {d: first_stage[q][d] for d in r.model_scores},
-                                             retriever_weight), first_stage[q])
-                for q, r in self.results.items()}
+        """This run with another retriever weight w (groupwise and pointwise results), with no new
+        model call: `reweighted_run` of the model scores it kept. `first_stage`: the run reranked."""
+        return reweighted_run({q: r.model_scores for q, r in self.results.items()}, first_stage, retriever_weight)
+
+
+def reweighted_run(model_scores: dict[str, dict[str, float]], first_stage: Run, retriever_weight: float) -> Run:
+    """The reranked run that a weight w gives from the model's scores ({qid: {doc id: 0-10}}):
+    `combine_scores` over exactly the reranked documents (the retriever normalised over them, as
+    `rank` does), the first-stage tail below. Post-processing only: one model run serves every w."""
+    return {q: _with_tail(combine_scores(scores, {d: first_stage[q][d] for d in scores}, retriever_weight),
+                          first_stage[q])
+            for q, scores in model_scores.items()}
 
 
 def combine_scores(model_scores: dict[str, float], retriever_scores: dict[str, float],

@@ -2,6 +2,7 @@
 dev-chosen retriever weight, learning curves of the model's own judgement, and one query's
 ranking before and after training (grouprank_mini.experiments)."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -314,14 +315,15 @@ def test_dev_weight_is_the_best_weight_on_dev_and_reweighting_needs_no_model(cur
     model, tokenizer = llm.load(preset)
     weight, by_weight = experiments.dev_weight(model, tokenizer, preset, collection, run, ["q1"])
     assert weight in by_weight and by_weight[weight] == max(by_weight.values()) and set(by_weight) == {0.0, 0.2, 0.4, 0.6, 0.8}
-    scored = experiments.rerank_systems({"m": model}, tokenizer, preset, collection, run, ["q1", "q2"],
+    shallow = replace(preset, rerank_depth=4)  # 4 of 6 candidates: the retriever is normalised over the 4 reranked
+    scored = experiments.rerank_systems({"m": model}, tokenizer, shallow, collection, run, ["q1", "q2"],
                                         scorings=("logprob",))["m (logprob)"]
-    assert scored.reweighted(run, preset.retriever_weight) == scored.run  # the weight it was scored with: the same run
+    assert scored.reweighted(run, shallow.retriever_weight) == scored.run  # the weight it was scored with: the same run
     alone = scored.reweighted(run, 0.0)
     for q, result in scored.results.items():
-        head = ranked_ids(alone[q])[:preset.rerank_depth]
+        head = ranked_ids(alone[q])[:4]
         assert head == sorted(result.model_scores, key=lambda d: -result.model_scores[d])  # w = 0: the model's order
-        assert ranked_ids(alone[q])[preset.rerank_depth:] == ranked_ids(run[q])[preset.rerank_depth:]  # the tail kept
+        assert ranked_ids(alone[q])[4:] == ranked_ids(run[q])[4:]  # the tail kept
 
 
 def test_trend_names_the_direction_and_says_when_there_is_none():
