@@ -26,7 +26,7 @@ class Preset:
     test_fraction: float = 0.25
     dev_fraction: float = 0.1
     eval_queries: int | None = None  # evaluate on only the first N test queries (None: all)
-    analysis_queries: int | None = 10  # queries for the paradigm comparison and sweeps (None: all)
+    analysis_queries: int | None = 10  # queries for the paradigm comparisons, sweeps and 02's answer check (None: all)
     # --- first stage retrieval ----------------------------------------------------
     bm25_stopwords: str | None = "en"
     bm25_stemmer: str | None = None  # e.g. "english" (needs PyStemmer)
@@ -72,7 +72,7 @@ class Preset:
     sft_max_length: int = 1024
     # Which SFT snapshot GRPO starts from and notebook 04 evaluates: "best-dev" the one whose own
     # judgement is best on the dev queries (notebook 02 scores every snapshot there), "last" the end
-    # of training. On the cpu preset the dev curve peaked early (step 27 of 108 with 4 snapshots,
+    # of training. A 1-epoch cpu run's dev curve peaked early (step 27 of 108 with 4 snapshots,
     # step 36 with 6) and fell after.
     sft_keep: str = "best-dev"
     # --- GRPO --------------------------------------------------------------------------
@@ -119,7 +119,11 @@ PRESETS: dict[str, Preset] = {
         doc_max_chars=240, max_new_tokens=128, synth_queries=120,
         # Both cores of a laptop that runs nothing else. Measured at 1 thread: SFT step ~14 s, GRPO
         # step ~50 s (4 x <=96 tokens). A 10-document prompt+answer is up to ~890 tokens, its answer up to 89.
-        sft_epochs=1.0, sft_max_length=1024, grpo_max_steps=20, grpo_max_completion_length=96,
+        sft_max_length=1024, grpo_max_steps=20, grpo_max_completion_length=96,
+        # Half an epoch (54 steps of 2 groups): over a whole epoch (108 steps) the dev curve of own
+        # judgement peaked at step 27 (4 snapshots) or 36 (6) and fell after, so its second half
+        # cost 13 min of the 2 h budget and taught nothing the dev queries could see.
+        sft_epochs=0.5,
         # At the paper's temperature 1.0 about 3 in 4 samples of the 135M SFT model break the
         # format, so most GRPO groups earn -0.5 everywhere and carry no signal; 0.7 keeps it learnable.
         grpo_temperature=0.7,

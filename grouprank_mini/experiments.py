@@ -64,10 +64,12 @@ def paradigm_rerankers(model, tokenizer, preset) -> dict[str, Reranker]:
     }
 
 
-def compare_paradigms(model, tokenizer, preset, collection, run: Run, qids: list[str], depth: int | None = None):
-    """One table: BM25 and each paradigm on the same queries and the same top-`depth` candidates."""
+def compare_paradigms(model, tokenizer, preset, collection, run: Run, qids: list[str], depth: int | None = None,
+                      first_stage: str = "BM25"):
+    """One table: the first stage `run` (its row named `first_stage`) and each paradigm reranking
+    its top-`depth` candidates, on the same queries."""
     depth = depth or preset.rerank_depth
-    rows = {"BM25": {"nDCG@10": evaluate(run, collection, qids)["nDCG@10"]}}
+    rows = {first_stage: {"nDCG@10": evaluate(run, collection, qids)["nDCG@10"]}}
     for name, reranker in paradigm_rerankers(model, tokenizer, preset).items():
         rows[name] = measure(reranker, collection, run, qids, depth)
     return pd.DataFrame(rows).T

@@ -152,7 +152,7 @@ def quality_vs_speed(table, queries: int | None = None) -> Figure:
     ax = fig.add_subplot()
     for i, (name, row) in enumerate(table.iterrows()):
         seconds = row.get("seconds/query", 0.0)
-        seconds = 0.0 if seconds != seconds else seconds  # BM25 has no LLM time (NaN)
+        seconds = 0.0 if seconds != seconds else seconds  # the first stage has no LLM time (NaN)
         ax.scatter(seconds, row["nDCG@10"], s=90, marker=BENCHMARK_MARKERS[i % len(BENCHMARK_MARKERS)],
                    facecolors="none", edgecolors=f"C{i % 10}", linewidths=2, label=name)
     title = "Quality vs speed" + (f" ({queries} queries)" if queries else "")

@@ -184,21 +184,35 @@ def _incomplete(checkpoint: Path) -> str | None:
     return f"no {' or '.join(missing)}" if missing else None
 
 
-def _finished(output_dir: Path, max_steps: int, epochs: float) -> bool:
-    """Whether the run in `output_dir` already reached its end (its final trainer_state.json,
-    written only after training, says so). Resuming a finished run would not be a no-op:
-    transformers takes one more step before it checks max_steps."""
+def _resume_mode(output_dir: Path, steps: int, resume: bool) -> str:
+    """How to treat what `output_dir` holds, for a run planned for `steps` optimizer steps:
+    "done" when its final trainer_state.json (written only after training) says it finished
+    those steps: reuse it, since resuming a finished run would not be a no-op (transformers takes
+    one more step before it checks max_steps); "fresh" when `resume` is off, or when that finished
+    run was planned *longer* (a shorter run is another run: its learning rate decays sooner);
+    else "resume" from the newest checkpoint, if any (a finished shorter run continues)."""
     path = Path(output_dir) / STATE_FILE
+    if not resume:
+        return "fresh"
     if not path.is_file():
-        return False
+        return "resume"
     state = json.loads(path.read_text())
-    if max_steps > 0:
-        done = state["global_step"] >= max_steps
-    else:
-        done = state["global_step"] >= state["max_steps"] and state["num_train_epochs"] >= epochs
-    if done:
+    if state["max_steps"] == steps and state["global_step"] >= steps:
         print(f"training in {output_dir} already finished: reusing it (resume=False trains again)")
-    return done
+        return "done"
+    if state["max_steps"] > steps:
+        print(f"the run in {output_dir} was planned for {state['max_steps']} steps, this one for {steps}: training again")
+        return "fresh"
+    return "resume"
+
+
+def sft_steps(preset, rows: int) -> int:
+    """The optimizer steps of an SFT run on `rows` records, counted as transformers counts them:
+    batches per epoch (the last one partial), accumulated, times the epochs, rounded up."""
+    if preset.sft_max_steps > 0:
+        return preset.sft_max_steps
+    per_epoch = max(math.ceil(math.ceil(rows / preset.sft_batch_size) / preset.sft_grad_accum), 1)
+    return math.ceil(preset.sft_epochs * per_epoch)
 
 
 def snapshot_steps(max_steps: int, points: int) -> list[int]:
@@ -346,11 +360,12 @@ def train_sft(preset, train_ds, eval_ds=None, output_dir=None, resume=True, mode
     """LoRA SFT on prompt/completion records; returns the folder of the saved adapter."""
     runtime.setup(preset)
     output_dir = Path(output_dir or adapter_dir(preset, "sft"))
-    if resume and _finished(output_dir, preset.sft_max_steps, preset.sft_epochs):
+    mode = _resume_mode(output_dir, sft_steps(preset, len(train_ds)), resume)
+    if mode == "done":
         return output_dir
     (output_dir / KEPT_FILE).unlink(missing_ok=True)  # a choice among the old snapshots is void now
     trainer = sft_trainer(preset, train_ds, eval_ds, output_dir, model, tokenizer, callbacks)
-    return _train_and_save(trainer, output_dir, resume)
+    return _train_and_save(trainer, output_dir, mode == "resume")
 
 
 # --- GRPO ---------------------------------------------------------------------------------------
@@ -454,13 +469,14 @@ def train_grpo(preset, rl_ds, sft_adapter=None, output_dir=None, resume=True, mo
     if resume and old is not None and old["sft_adapter"] != start:
         print(f"GRPO in {output_dir} started from {old['sft_adapter']}, not from {start}: training it again")
         resume = False
-    if resume and _finished(output_dir, preset.grpo_max_steps, epochs=1):
+    mode = _resume_mode(output_dir, preset.grpo_max_steps, resume)
+    if mode == "done":
         return output_dir
     trainer = grpo_trainer(preset, rl_ds, sft_adapter, output_dir, model, tokenizer, reward_funcs, callbacks)
     output_dir.mkdir(parents=True, exist_ok=True)  # the record outlives a kill, so a resume checks it too
     with runtime.atomic_path(output_dir / START_FILE) as tmp:
         tmp.write_text(json.dumps({"sft_adapter": start}))
-    return _train_and_save(trainer, output_dir, resume)
+    return _train_and_save(trainer, output_dir, mode == "resume")
 
 
 def _start_name(output_dir: Path, sft_adapter) -> str | None:

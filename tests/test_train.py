@@ -192,6 +192,20 @@ def test_resume_false_starts_over(sft_run, tokenizer, tmp_path):
     assert train.kept_adapter(out) == out  # and so did the choice of it: the new run's end is kept
 
 
+def test_a_finished_longer_run_is_not_reused_by_a_shorter_one(sft_run, tokenizer, tmp_path, capsys):
+    """Half an epoch of 8 rows in batches of 2 is 2 steps; the 5-step run in the folder is another run."""
+    out = tmp_path / "sft"
+    shutil.copytree(sft_run, out)
+    half = get_preset(PRESET, sft_max_steps=-1, sft_epochs=0.5, sft_batch_size=2)
+    assert train.sft_steps(half, len(sft_rows())) == 2
+    train.train_sft(half, sft_rows(), output_dir=out, model=llm.tiny_random_model(tokenizer), tokenizer=tokenizer)
+    assert "planned for 5 steps, this one for 2: training again" in capsys.readouterr().out
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert (state["global_step"], state["max_steps"]) == (2, 2)  # transformers counts the steps as sft_steps does
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert train._resume_mode(out, 2, resume=True) == "done"
+
+
 # --- GRPO and resume ----------------------------------------------------------------------------
 
 class KillAtStep(TrainerCallback):
@@ -244,8 +258,7 @@ def test_a_finished_run_is_reused_instead_of_trained_again(grpo_run, sft_run, to
                              callbacks=[recorder])
     assert again == path and recorder.steps == []
     assert json.loads((path / "trainer_state.json").read_text())["global_step"] == PRESET.grpo_max_steps
-    longer = get_preset(PRESET, grpo_max_steps=PRESET.grpo_max_steps + 1)
-    assert not train._finished(path, longer.grpo_max_steps, epochs=1)  # a longer run resumes and continues
+    assert train._resume_mode(path, PRESET.grpo_max_steps + 1, resume=True) == "resume"  # a longer run continues it
 
 
 def _grpo_steps(tokenizer, output_dir, sft_adapter) -> list[int]:
