@@ -20,6 +20,7 @@ from . import llm
 from .config import ABLATIONS
 from .evaluate import evaluate, judged_qrels, per_query_scores, remove_excluded
 from .parsing import ParsedGroup, parse_group_scores
+from .plots import rolling_reward
 from .rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker, RankResult, RerankedRun, Reranker
 from .runs import Run, ranked_ids, top_k
 from .runtime import adapter_dir, grpo_dir
@@ -102,6 +103,16 @@ def trend(values: list[float], flat: float = 0.005) -> str:
         return "stays flat"
     steps = [b - a for a, b in zip(values, values[1:])]
     return "rises" if min(steps) >= 0 else "falls" if max(steps) <= 0 else "moves up and down"
+
+
+def reward_trend_sentence(history, batch_size: int) -> str:
+    """GRPO's training reward from its first to its last rolling mean (`plots.rolling_reward`), in
+    one sentence that counts what was sampled: batches of `batch_size` completions, and the
+    optimisation steps they served (more than the batches when grpo_num_iterations > 1)."""
+    smooth = rolling_reward(history)
+    return (f"rolling mean of the reward: {smooth.iloc[0]:.3f} at step {smooth.index[0]} -> "
+            f"{smooth.iloc[-1]:.3f} at step {smooth.index[-1]}: over {len(smooth)} batches of {batch_size} "
+            f"completions ({int(history.index.max())} optimisation steps) it {trend(list(smooth))}")
 
 
 def sweep_sentence(table: pd.DataFrame, label: str, queries: int) -> str:

@@ -76,17 +76,23 @@ def rolling_window(steps: int) -> int:
     return max(2, round(steps / 5))
 
 
+def rolling_reward(history):
+    """The total reward's trailing rolling mean over the steps that sampled completions, indexed
+    by step (`rolling_window` of them per mean). With grpo_num_iterations > 1 the steps that reuse
+    a batch log no reward, so the window counts batches of completions, not optimisation steps."""
+    total = history["reward"].dropna()
+    return total.rolling(rolling_window(len(total)), min_periods=1).mean()  # the first average what exists so far
+
+
 def plot_rewards(history, columns: dict[str, str] | None = None) -> Figure:
     """GRPO reward over steps, one line per term (pass {column: label} to choose), and the total's
     trailing rolling mean: a single step's reward is noisy, the trend is what training changed."""
     fig = _curves(history, columns or reward_columns(history), "Reward", "mean over completions")
-    total = history["reward"].dropna() if "reward" in history else None
-    if total is not None and len(total) >= 2:
-        window = rolling_window(len(total))
-        smooth = total.rolling(window, min_periods=1).mean()  # the first steps average what exists so far
+    if "reward" in history and history["reward"].count() >= 2:
+        smooth = rolling_reward(history)
         ax = fig.axes[0]
         ax.plot(smooth.index, smooth.values, color="black", linewidth=2,
-                label=f"total, rolling mean of {window} steps")
+                label=f"total, rolling mean of {rolling_window(len(smooth))} batches")
         _legend_outside(ax)
     return fig
 

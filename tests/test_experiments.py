@@ -326,6 +326,14 @@ def test_dev_weight_is_the_best_weight_on_dev_and_reweighting_needs_no_model(cur
         assert ranked_ids(alone[q])[4:] == ranked_ids(run[q])[4:]  # the tail kept
 
 
+def test_the_reward_sentence_counts_batches_and_the_steps_they_served():
+    # grpo_num_iterations 2: the steps that reuse a batch of completions log no reward
+    log = pd.DataFrame({"reward": [1.0, None, 1.2, None, 1.4, None], "loss": [0.1] * 6}, index=range(1, 7))
+    sentence = experiments.reward_trend_sentence(log, batch_size=8)
+    assert sentence == ("rolling mean of the reward: 1.000 at step 1 -> 1.300 at step 5: "
+                        "over 3 batches of 8 completions (6 optimisation steps) it rises")
+
+
 def test_trend_names_the_direction_and_says_when_there_is_none():
     assert experiments.trend([0.30, 0.31, 0.35]) == "rises"
     assert experiments.trend([0.35, 0.35, 0.30]) == "falls"

@@ -64,10 +64,10 @@ def test_the_rolling_window_grows_with_the_run():
 def test_plot_rewards_adds_a_labelled_rolling_mean_of_the_total():
     fig = plots.plot_rewards(_grpo_log(20))
     lines = {line.get_label(): line for line in fig.axes[0].lines}
-    assert set(lines) == {"total", "ndcg", "total, rolling mean of 4 steps"}
-    smooth = list(lines["total, rolling mean of 4 steps"].get_ydata())
+    assert set(lines) == {"total", "ndcg", "total, rolling mean of 4 batches"}
+    smooth = list(lines["total, rolling mean of 4 batches"].get_ydata())
     assert smooth[:5] == [1.0, 1.5, 1.0, 1.0, 1.25]  # rewards 1, 2, 0, 1, 2: the first steps average what exists
-    assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()][-1] == "total, rolling mean of 4 steps"
+    assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()][-1] == "total, rolling mean of 4 batches"
 
 
 def test_plot_rewards_skips_the_rolling_mean_of_a_single_step_and_reused_batches():

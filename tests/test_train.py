@@ -510,7 +510,7 @@ def test_training_curves_plot_each_series(grpo_run, sft_run):
     sft_log, grpo_log = train.history(sft_run), train.history(grpo_run[0])
     assert {line.get_label() for line in plots.plot_loss(sft_log).axes[0].lines} == {"loss", "eval_loss"}
     reward_labels = {line.get_label() for line in plots.plot_rewards(grpo_log).axes[0].lines}
-    assert reward_labels == {"total", "variety", "total, rolling mean of 2 steps"}  # one function: no repeated mean
+    assert reward_labels == {"total", "variety", "total, rolling mean of 2 batches"}  # one function: no repeated mean
     spread = plots.plot_reward_spread(grpo_log)  # reads the names this module logs under
     assert len(spread.axes[0].lines) == 2 and len(spread.axes[1].lines[0].get_xdata()) == PRESET.grpo_max_steps
     assert (plots.GROUP_STD, plots.GROUPS_ZERO_STD) == (train.GROUP_STD, train.GROUPS_ZERO_STD)
