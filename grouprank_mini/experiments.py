@@ -8,6 +8,7 @@ the same queries), so differences come from the systems alone.
 """
 from __future__ import annotations
 
+import random
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -22,7 +23,7 @@ from .evaluate import evaluate, judged_qrels, per_query_scores, remove_excluded
 from .parsing import ParsedGroup, parse_group_scores
 from .plots import rolling_reward
 from .rerank import GroupwiseReranker, ListwiseReranker, PointwiseReranker, RankResult, RerankedRun, Reranker
-from .runs import Run, ranked_ids, top_k
+from .runs import Run, order_scores, ranked_ids, top_k
 from .runtime import adapter_dir, grpo_dir
 
 
@@ -254,6 +255,25 @@ def per_query_ndcg(run: Run, collection, qids) -> dict[str, float]:
     qrels = judged_qrels(collection, qids)
     found = per_query_scores(remove_excluded(run, collection), qrels, (nDCG @ 10,))["nDCG@10"]
     return {q: found.get(q, 0.0) for q in qrels}
+
+
+def random_order(run: Run, collection, qids, depth: int, draws: int = 50, seed: int = 0) -> dict[str, float]:
+    """The floor of own judgement: each query's nDCG@10 with its top `depth` candidates shuffled,
+    averaged over `draws` shuffles (below `depth` the first stage's order is kept, as the reranker
+    keeps it). A model that judges nothing lands here; one that judges like the first stage lands
+    on the first stage's score."""
+    rng = random.Random(seed)
+    totals = dict.fromkeys(judged_qrels(collection, qids), 0.0)
+    for _ in range(draws):
+        shuffled = {}
+        for qid in qids:
+            order = ranked_ids(run.get(qid, {}))
+            head = order[:depth]
+            rng.shuffle(head)
+            shuffled[qid] = order_scores(head + order[depth:])
+        for qid, value in per_query_ndcg(shuffled, collection, qids).items():
+            totals[qid] += value / draws
+    return totals
 
 
 def own_judgement(model, tokenizer, preset, collection, run: Run, qids, depth: int | None = None) -> dict[str, float]:

@@ -291,11 +291,14 @@ def score_histograms(scores: dict[str, list[float]]) -> Figure:
 
 # --- learning curves (input: experiments.learning_curve) -------------------------------------------
 
-def learning_curve(curve, first_stage: float | None = None, first_stage_label: str = "first stage") -> Figure:
+def learning_curve(curve, first_stage: float | None = None, first_stage_label: str = "first stage",
+                   chance: float | None = None) -> Figure:
     """nDCG@10 against training step, one line per stage with a marker at each evaluated point.
     Stages are laid end to end: a stage's step 0 sits on the point of the model it starts from
     (same "adapter", e.g. the SFT snapshot kept on dev queries), else on the previous stage's last
-    step, so GRPO's steps follow SFT's. `first_stage`: the retriever's own score, dashed."""
+    step, so GRPO's steps follow SFT's. `first_stage`: the retriever's own score, dashed; `chance`:
+    the same candidates in random order (`experiments.random_order`), dotted: the two lines a
+    model's own judgement lies between."""
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6.5, 3.5), layout="constrained")
@@ -309,6 +312,8 @@ def learning_curve(curve, first_stage: float | None = None, first_stage_label: s
         end = max(end, int(x.max()))
     if first_stage is not None:
         ax.axhline(first_stage, color="gray", linestyle="--", label=first_stage_label)
+    if chance is not None:
+        ax.axhline(chance, color="gray", linestyle=":", label="same candidates, random order")
     queries = sorted(set(curve["queries"]))
     count = str(queries[0]) if len(queries) == 1 else f"{queries[0]}-{queries[-1]}"  # one count, unless points differ
     ax.set(title=f"Own judgement over training ({count} queries)", xlabel="training step (stages end to end)",

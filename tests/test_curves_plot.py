@@ -38,5 +38,14 @@ def test_first_stage_line_and_whole_step_ticks():
     assert all(float(t).is_integer() for t in ax.get_xticks())
 
 
+def test_chance_line_is_dotted_below_the_first_stage():
+    fig = plots.learning_curve(curve(), first_stage=0.38, chance=0.20)
+    ax = fig.axes[0]
+    first, chance = ax.lines[-2:]
+    assert list(chance.get_ydata()) == [0.20, 0.20] and chance.get_linestyle() == ":"
+    assert list(first.get_ydata()) == [0.38, 0.38]
+    assert "same candidates, random order" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
 def test_title_shows_a_range_when_points_saw_different_query_counts():
     assert "7-8 queries" in plots.learning_curve(curve((8, 8, 7, 7, 7))).axes[0].get_title()

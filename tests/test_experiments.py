@@ -2,6 +2,7 @@
 dev-chosen retriever weight, learning curves of the model's own judgement, and one query's
 ranking before and after training (grouprank_mini.experiments)."""
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,6 +42,19 @@ def test_best_weight_is_chosen_from_the_model_scores_of_one_run():
     results = {q: RankResult({}, model_scores={"d1": 1.0, "d2": 9.0}) for q in ("q1", "q2")}
     weight, scores = experiments.best_weight(RerankedRun({}, results), first_stage, collection, weights=(0.0, 0.4, 0.95))
     assert weight == 0.0 and scores[0.0] == 1.0 and scores[0.95] < 1.0
+
+
+def test_random_order_shuffles_only_the_reranked_head():
+    """q1: its one relevant document is 2nd of 2 reranked candidates, so a shuffle puts it 1st (nDCG 1)
+    or 2nd (1/log2(3)) with equal odds; q2: it is 3rd, below the depth of 2, so every shuffle leaves it there."""
+    docs = {"d1": "a", "d2": "b", "d3": "c"}
+    collection = Collection("toy", docs, {"q1": "x", "q2": "y"}, {"q1": {"d2": 1}, "q2": {"d3": 1}})
+    run = {q: {"d1": 3.0, "d2": 2.0, "d3": 1.0} for q in ("q1", "q2")}
+    floor = experiments.random_order(run, collection, ["q1", "q2"], depth=2, draws=400)
+    second = 1 / math.log2(3)
+    assert floor["q2"] == pytest.approx(0.5)  # 1/log2(4) on every draw
+    assert second < floor["q1"] < 1 and floor["q1"] == pytest.approx((1 + second) / 2, abs=0.05)
+    assert experiments.random_order(run, collection, ["q1"], depth=1) == pytest.approx({"q1": second})  # nothing to shuffle
 
 
 # --- learning curves of the model's own judgement ------------------------------------------------
