@@ -670,6 +670,32 @@ def supervised_tokens(trainer, index: int = 0) -> dict:
             "trained": trainer.processing_class.decode(trained)}
 
 
+# A score digit follows `": ` in the answer (`{"[3]": 10, ...}`), or another digit of the same score.
+_BEFORE_SCORE_DIGIT = re.compile(r'":\s*\d*$')
+
+
+def loss_by_token_kind(trainer, model, rows: int = 8) -> dict[str, float]:
+    """Mean loss (nats per token) of `model` on the answers of the first `rows` training rows, split
+    into the score digits (the judgement) and the rest (the answer's form: tags, brackets, slot numbers,
+    end of turn). The logged training loss mixes the two; this shows which part is left to learn."""
+    tokenizer, losses = trainer.processing_class, {"form": [], "score digits": []}
+    model.eval()
+    for i in range(min(rows, len(trainer.train_dataset))):
+        batch = trainer.data_collator([trainer.train_dataset[i]])
+        ids, labels = batch["input_ids"][0], batch["labels"][0]
+        with torch.no_grad():
+            logits = model(input_ids=ids[None].to(model.device)).logits[0, :-1].float().cpu()
+        nll = torch.nn.functional.cross_entropy(logits, labels[1:], ignore_index=-100, reduction="none")
+        answer = (labels != -100).nonzero().flatten().tolist()
+        for k in answer:
+            before = tokenizer.decode(ids[answer[0]:k])
+            digit = tokenizer.decode(ids[k:k + 1]).strip().isdigit() and _BEFORE_SCORE_DIGIT.search(before)
+            losses["score digits" if digit else "form"].append(nll[k - 1].item())
+    n = sum(map(len, losses.values()))
+    return {**{kind: sum(v) / len(v) if v else float("nan") for kind, v in losses.items()},
+            "share of score digits": len(losses["score digits"]) / n}
+
+
 def run_ablations(preset, rl_ds, sft_adapter) -> dict[str, Path]:
     """GRPO once more per reward term switched off (the paper's ablation); adapters by name."""
     return {name: train_grpo(replace(preset, **switch), rl_ds, sft_adapter, output_dir=grpo_dir(preset, name))

@@ -5,6 +5,7 @@ only the 4-bit gradient check and the CLI smoke run load the embedded SmolLM2.
 """
 import json
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,33 @@ def test_sft_loss_covers_only_the_answer(tokenizer, tmp_path):
     assert torch.equal(labels[n_prompt:], ids[n_prompt:])
     answer = tokenizer.decode(ids[n_prompt:])
     assert answer.startswith(prompts.answer_text(TARGETS[0])) and "<|im_end|>" in answer  # learns to stop
+
+
+class DigitOracle(torch.nn.Module):
+    """A stand-in model that knows every digit that comes next and nothing else."""
+    device = torch.device("cpu")
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.digits, self.vocab = torch.tensor(tokenizer.convert_tokens_to_ids(list("0123456789"))), len(tokenizer)
+
+    def forward(self, input_ids):
+        following = input_ids[0, 1:]
+        logits = torch.zeros(1, input_ids.shape[1], self.vocab)
+        known = torch.isin(following, self.digits)
+        logits[0, :-1][known, following[known]] = 30.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_loss_by_token_kind_splits_the_answer_loss_into_score_digits_and_form(tokenizer, tmp_path):
+    row = sft_rows(3).select([2])  # targets [5, 5, 10]: four score digits, since "10" is two
+    trainer = train.sft_trainer(PRESET, row, output_dir=tmp_path, model=llm.tiny_random_model(tokenizer),
+                                tokenizer=tokenizer)
+    answer_tokens = int((trainer.data_collator([trainer.train_dataset[0]])["labels"] != -100).sum())
+    parts = train.loss_by_token_kind(trainer, DigitOracle(tokenizer))
+    assert parts["share of score digits"] == pytest.approx(4 / answer_tokens)
+    assert parts["score digits"] < 1e-3  # each digit read at the position that predicts it
+    assert parts["form"] > 5  # mostly tokens the oracle does not know (uniform: ln of the vocabulary)
 
 
 def test_hidden_bars_leave_a_trainer_without_progress_bar_or_log_printout(tokenizer, tmp_path, monkeypatch):
