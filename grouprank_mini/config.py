@@ -130,7 +130,7 @@ PRESETS: dict[str, Preset] = {
         # 20 steps of one prompt each, where the paper runs hundreds of 64-completion batches: at the
         # paper's LR 1e-5 the adapter would move ~1/100 of what SFT moved it. 5e-5 lets 20 steps show.
         grpo_lr=5e-5,
-        # Each ablation is one more GRPO run (+2 x ~28 min): over the 2 h budget. Trained apart (README,
+        # Each ablation is one more GRPO run (+2 x ~28 min): over the 2 h budget. Trained apart (docs/experiments.md,
         # "The reward ablation on the cpu preset"), each ended within noise of the full reward.
         grpo_ablations=False,
     ),

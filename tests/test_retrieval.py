@@ -11,8 +11,8 @@ from grouprank_mini.evaluate import evaluate, remove_excluded
 from grouprank_mini.retrieval import BM25, Dense, embeddings_cache_path, hybrid
 from grouprank_mini.runs import minmax, ranked_ids, top_k
 
-# BM25 nDCG@10 over all judged queries, from the shared data README (bm25s, English stop words).
-BM25_NDCG10 = {"cranfield": 0.341, "cisi": 0.349, "adi": 0.446, "vaswani": 0.354}
+# BM25 nDCG@10 over all judged queries, as data/README.md lists them (bm25s, English stop words, top 100).
+BM25_NDCG10 = {"cranfield": 0.336, "cisi": 0.349, "adi": 0.446, "vaswani": 0.353}
 
 
 @pytest.mark.parametrize("name", sorted(BM25_NDCG10))
